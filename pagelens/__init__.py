@@ -14,6 +14,7 @@ from pagelens.errors import (
     DependencyError,
     NotFoundError,
     PageLensError,
+    PolicyError,
     StoreError,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "DependencyError",
     "NotFoundError",
     "PageLensError",
+    "PolicyError",
     "StoreError",
     "__version__",
     *_LAZY,

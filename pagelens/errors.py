@@ -19,3 +19,7 @@ class StoreError(PageLensError):
 
 class DependencyError(PageLensError):
     """An optional program or package that this request needs is not installed."""
+
+
+class PolicyError(PageLensError):
+    """The policy endpoint cannot be used: unreachable, refusing the request, or failing after every retry."""

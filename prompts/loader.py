@@ -35,6 +35,7 @@ VARIABLES: dict[str, frozenset[str]] = {
     "pagelens_invalid_action": frozenset({"reason"}),
     "pagelens_answer_now": frozenset({"max_turns"}),
     "page_text": frozenset({"page", "text"}),
+    "search_empty": frozenset({"query"}),
 }
 _ANY_VARIABLE = frozenset().union(*VARIABLES.values())
 

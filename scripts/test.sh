@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Install what the tests need on a fresh machine (Debian's LibreOffice, a virtual environment with the CPU
+# Install what the tests need on a fresh machine (Debian's LibreOffice and Chromium, a virtual environment with the CPU
 # build of torch first, then pagelens non-editable with its dev extra) and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v soffice >/dev/null 2>&1; then
+# LibreOffice converts office files; Chromium opens the agent's HTML traces to check their images render.
+PACKAGES=()
+command -v soffice >/dev/null 2>&1 || PACKAGES+=(libreoffice-writer-nogui libreoffice-core-nogui)
+command -v chromium >/dev/null 2>&1 || PACKAGES+=(chromium)
+if [ ${#PACKAGES[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
-    libreoffice-writer-nogui libreoffice-core-nogui
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
 fi
+export PAGELENS_REQUIRE_CHROMIUM=1
 
 VENV="${PAGELENS_TEST_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

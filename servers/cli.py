@@ -12,6 +12,7 @@ from pagelens.errors import BadInputError, PageLensError
 
 EXIT_FAILED_FILES = 1
 EXIT_ERROR = 2
+EXIT_NO_ANSWER = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +55,57 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-zoom", action="store_true", help="keep the crop's own pixels (no resize)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
 
-    p = sub.add_parser("demo", help="index the bundled sample corpus, search it and crop a region")
+    p = sub.add_parser("ask", help="answer a question from the indexed pages, with citations")
+    p.add_argument("question")
+    p.add_argument("--policy", metavar="extractive|URL",
+                   help="'extractive' (offline, the default without $PAGELENS_POLICY_URL) or an OpenAI-compatible "
+                        "base URL such as http://127.0.0.1:8000/v1")
+    p.add_argument("--model", help="model name at the policy URL (default: $PAGELENS_POLICY_MODEL or its first)")
+    p.add_argument("--protocol", choices=["pagelens", "vrag", "evisrag"], help="turn protocol (default pagelens)")
+    p.add_argument("--max-turns", type=int, metavar="N", help="action turns before the forced answer (default 6)")
+    p.add_argument("--timeout", type=float, metavar="S", help="seconds the question may take (default 300)")
+    p.add_argument("--template", metavar="FILE", help="instruction template file to use instead of the protocol's")
+    p.add_argument("--bbox-convention", choices=["pixels", "normalized-1000"],
+                   help="how the policy writes boxes: pixels of the image it saw (Qwen2.5-VL, the default) or 0-1000")
+    p.add_argument("--thread", metavar="ID", help="continue (or start) this conversation; follow-ups see it")
+    p.add_argument("--json", action="store_true", help="print the answer, evidence and steps as JSON")
+    p.add_argument("--trace", type=Path, metavar="FILE.html", help="write a self-contained HTML trace of the run")
+    p.add_argument("--trajectory", type=Path, metavar="FILE.jsonl",
+                   help="append the run to a trajectory file (SPEC §2c), its images beside it")
+
+    p = sub.add_parser("serve", help="run a server")
+    serve = p.add_subparsers(dest="server", required=True, metavar="SERVER")
+    p = serve.add_parser("mcp", help="the MCP tool server for desktop assistants (search, view, crop, ask)")
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                   help="stdio (what desktop assistants launch) or streamable HTTP")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP only: address to bind (default loopback)")
+    p.add_argument("--port", type=int, default=8765, help="HTTP only (default 8765)")
+
+    p = serve.add_parser("api", help="the agent as an OpenAI-compatible chat completions API")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--port", type=int, default=8080)
+
+    p = serve.add_parser("policy", help="an OpenAI-compatible policy endpoint for a Qwen2.5-VL checkpoint")
+    p.add_argument("--backend", choices=["transformers", "replay", "vllm"], default="transformers",
+                   help="transformers: run --model on the CPU or a GPU; vllm: launch `vllm serve` (GPU); "
+                        "replay: answer from --script in order")
+    p.add_argument("--model", help="checkpoint folder (transformers), or folder or Hugging Face name (vllm)")
+    p.add_argument("--protocol", choices=["pagelens", "vrag", "evisrag"],
+                   help="vllm: size image limits and context for this protocol (default: the agent's)")
+    p.add_argument("--dry-run", action="store_true", help="vllm: print the `vllm serve` command, do not run it")
+    p.add_argument("--max-model-len", type=int, help="vllm: context length (default: what the protocol needs)")
+    p.add_argument("--script", type=Path, help="JSON list of replies, or JSONL of {\"text\": ...} (replay backend)")
+    p.add_argument("--record", type=Path, help="append every request body to this JSONL file")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--served-model-name", help="the model name clients send (default: --model as given; vllm: a folder's name; replay: 'replay')")
+    p.add_argument("--min-pixels", type=int, default=256 * 28 * 28, help="smallest image area the model sees")
+    p.add_argument("--max-pixels", type=int, default=512 * 28 * 28, help="largest image area the model sees")
+
+    sub.add_parser("mcp-config", help="print the claude_desktop_config.json entry that runs `pagelens serve mcp`")
+
+    p = sub.add_parser("demo", help="index the bundled sample corpus, ask its questions, write crops and a trace")
     return parser
 
 
@@ -73,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from pagelens.servers import commands
 
-    return getattr(commands, args.command)(args)
+    if args.command == "serve":
+        return getattr(commands, f"serve_{args.server}")(args)
+    return getattr(commands, args.command.replace("-", "_"))(args)
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from contextlib import contextmanager
 from collections.abc import Iterator
 
 from pagelens.errors import BadInputError
-from pagelens.servers.cli import EXIT_FAILED_FILES, parse_size, print_json
+from pagelens.servers.cli import EXIT_FAILED_FILES, EXIT_NO_ANSWER, parse_size, print_json
 from pagelens.servers.config import load_settings
 from pagelens.tools.corpus.store import PageStore
 
 
 @contextmanager
 def open_store(args: argparse.Namespace, *, rebuild: bool = False, **flags: object) -> Iterator[PageStore]:
-    store_settings, retrieval = load_settings(home=args.home, **flags)
-    with PageStore(store_settings, retrieval, rebuild=rebuild) as store:
+    settings = load_settings(home=args.home, **flags)
+    with PageStore(settings.store, settings.retrieval, rebuild=rebuild) as store:
         yield store
 
 
@@ -125,3 +126,71 @@ def _save(image, path) -> None:
         image.save(path)
     except (ValueError, OSError) as exc:
         raise BadInputError(f"cannot write {path} ({exc}); use a .png or .jpg file name in a writable folder.") from None
+
+
+def ask(args: argparse.Namespace) -> int:
+    from pagelens.graph.build import Agent, sqlite_checkpointer
+    from pagelens.graph.policies import make_policy
+    from pagelens.servers.answers import print_result, step_printer, write_outputs
+
+    url = None if args.policy is None else ("" if args.policy == "extractive" else args.policy)
+    settings = load_settings(home=args.home, url=url, model=args.model, protocol=args.protocol,
+                             max_turns=args.max_turns, run_timeout=args.timeout, template=args.template,
+                             bbox_convention=args.bbox_convention)
+    with PageStore(settings.store, settings.retrieval) as store:
+        if not store.pages():
+            raise BadInputError(f"the store {store.home} has no pages; index some first: pagelens index PATH…")
+        agent = Agent(store, make_policy(settings.policy), settings.agent,
+                      checkpointer=sqlite_checkpointer(settings.store.home))
+        result = agent.ask(args.question, thread_id=args.thread, on_step=step_printer(args.quiet))
+        write_outputs(result, store, trace=args.trace, trajectory=args.trajectory, quiet=args.quiet)
+    print_result(result, as_json=args.json)
+    return 0 if result.answer is not None else EXIT_NO_ANSWER
+
+
+def serve_mcp(args: argparse.Namespace) -> int:
+    from pagelens.servers.mcp_server import run_mcp_server
+
+    run_mcp_server(load_settings(home=args.home), transport=args.transport, host=args.host, port=args.port)
+    return 0
+
+
+def mcp_config(args: argparse.Namespace) -> int:
+    from pagelens.servers.mcp_server import mcp_config as entry
+
+    print_json(entry(load_settings(home=args.home)))
+    return 0
+
+
+def serve_api(args: argparse.Namespace) -> int:
+    from pagelens.servers.agent_api import run_agent_api
+
+    run_agent_api(load_settings(home=args.home), host=args.host, port=args.port)
+    return 0
+
+
+def serve_policy(args: argparse.Namespace) -> int:
+    from pagelens.servers.policy_server import run_policy_server
+
+    if args.backend == "vllm":
+        from pagelens.servers.vllm_launcher import run_vllm, vllm_command
+
+        if not args.model:
+            raise BadInputError("serve policy --backend vllm needs --model, a checkpoint folder or Hugging Face name.")
+        agent = load_settings(home=args.home, protocol=args.protocol).agent
+        command = vllm_command(args.model, agent, host=args.host, port=args.port,
+                               served_model_name=args.served_model_name, max_model_len=args.max_model_len,
+                               min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+        if args.dry_run:
+            print(shlex.join(command))
+            return 0
+        return run_vllm(command)
+
+    if args.backend == "transformers" and not args.model:
+        raise BadInputError("serve policy --backend transformers needs --model PATH, a Qwen2.5-VL checkpoint folder.")
+    if args.backend == "replay" and not args.script:
+        raise BadInputError("serve policy --backend replay needs --script FILE, a JSON list of replies.")
+    run_policy_server(args.backend, args.model, args.script, host=args.host, port=args.port, device=args.device,
+                      served_model_name=args.served_model_name, record=args.record, min_pixels=args.min_pixels,
+                      max_pixels=args.max_pixels)
+    return 0

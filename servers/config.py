@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from pagelens.errors import BadInputError
+from pagelens.graph.settings import AgentSettings, PolicySettings
+from pagelens.servers.settings import ServingSettings
 from pagelens.tools.corpus.store import StoreSettings
 from pagelens.tools.retrieval.settings import RetrievalSettings
 
@@ -26,13 +28,39 @@ _ENV = {
     "PAGELENS_MILVUS_URI": ("store", "milvus_uri"),
     "PAGELENS_DPI": ("store", "dpi"),
     "PAGELENS_MEMORY_INDEX": ("retrieval", "memory_index"),
+    "PAGELENS_PROTOCOL": ("agent", "protocol"),
+    "PAGELENS_MAX_TURNS": ("agent", "max_turns"),
+    "PAGELENS_RUN_TIMEOUT": ("agent", "run_timeout"),
+    "PAGELENS_POLICY_URL": ("policy", "url"),
+    "PAGELENS_POLICY_MODEL": ("policy", "model"),
+    "PAGELENS_POLICY_API_KEY": ("policy", "api_key"),
+    "PAGELENS_API_KEY": ("serving", "api_key"),
+    "PAGELENS_MCP_TOKEN": ("serving", "mcp_token"),
+    "PAGELENS_ALLOWED_ORIGINS": ("serving", "allowed_origins"),
 }
 
+_SECTIONS = {"store": StoreSettings, "retrieval": RetrievalSettings, "agent": AgentSettings, "policy": PolicySettings,
+             "serving": ServingSettings}
 
-def load_settings(env: Mapping[str, str] | None = None, **flags: object) -> tuple[StoreSettings, RetrievalSettings]:
-    """The store and retrieval settings; `flags` are CLI overrides named after the settings fields (None = unset)."""
+
+@dataclass(frozen=True)
+class Settings:
+    """Every concern's settings, each the object the code it configures takes."""
+
+    store: StoreSettings
+    retrieval: RetrievalSettings
+    agent: AgentSettings
+    policy: PolicySettings
+    serving: ServingSettings
+
+
+def load_settings(env: Mapping[str, str] | None = None, **flags: object) -> Settings:
+    """All settings; `flags` are CLI overrides named after the settings fields (None = unset).
+
+    Field names are unique across the sections, so a flag names its section by its name alone.
+    """
     env = os.environ if env is None else env
-    values: dict[str, dict[str, object]] = {"store": {}, "retrieval": {}}
+    values: dict[str, dict[str, object]] = {section: {} for section in _SECTIONS}
     config = Path(env.get("PAGELENS_CONFIG", "pagelens.toml"))
     if config.is_file():
         try:
@@ -46,10 +74,11 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: object) -> tupl
     for name, (section, key) in _ENV.items():
         if env.get(name):
             values[section][key] = env[name]
+    owner = {f.name: section for section, cls in _SECTIONS.items() for f in fields(cls)}
     for key, value in flags.items():
         if value is not None:
-            values["store" if key in {f.name for f in fields(StoreSettings)} else "retrieval"][key] = value
-    return (_build(StoreSettings, values["store"], "store"), _build(RetrievalSettings, values["retrieval"], "retrieval"))
+            values[owner[key]][key] = value
+    return Settings(**{section: _build(cls, values[section], section) for section, cls in _SECTIONS.items()})
 
 
 def _build(cls, given: dict[str, object], section: str):
@@ -68,10 +97,12 @@ def _build(cls, given: dict[str, object], section: str):
                 converted[key] = str(value).lower() in {"1", "true", "yes", "on"}
             elif isinstance(default, int):
                 converted[key] = int(value)  # type: ignore[arg-type]
+            elif isinstance(default, float):
+                converted[key] = float(value)  # type: ignore[arg-type]
             elif isinstance(default, Path):
                 converted[key] = Path(str(value)).expanduser()
             else:
                 converted[key] = value
         except ValueError:
-            raise BadInputError(f"{section} setting {key}={value!r} is not a number; give an integer.") from None
+            raise BadInputError(f"{section} setting {key}={value!r} is not a number; give a number.") from None
     return replace(settings, **converted)

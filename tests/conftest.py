@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,101 @@ def cli(tmp_path):
         return proc
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory) -> Path:
+    """A random-weight Qwen2.5-VL checkpoint with the real Qwen2 vocabulary, built once per session."""
+    from pagelens.servers.tiny_model import build_tiny_qwen25vl
+
+    return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny_qwen"), vocabulary="qwen")
+
+
+@pytest.fixture(scope="session")
+def sample_home(tmp_path_factory) -> Path:
+    """A store holding the indexed sample corpus, built once; a test that writes to it uses `sample_copy`."""
+    from pagelens.tools.corpus.ingest import index_paths
+    from pagelens.tools.corpus.store import PageStore, StoreSettings
+
+    home = tmp_path_factory.mktemp("sample-home") / "store"
+    with PageStore(StoreSettings(home=home)) as store:
+        report = index_paths(store, sorted(SAMPLE.glob("*.pdf")), progress=False)
+    assert not report.failures
+    return home
+
+
+@pytest.fixture
+def sample_copy(sample_home, tmp_path) -> Path:
+    """A private copy of the indexed sample store (threads and traces written to it stay in this test)."""
+    import shutil
+
+    home = tmp_path / "sample-store"
+    shutil.copytree(sample_home, home)
+    return home
+
+
+
+@contextlib.contextmanager
+def _serve(folder: Path, *args: str) -> Iterator[str]:
+    """`pagelens serve policy ARGS` in a real subprocess on a free loopback port; yields its base URL (no /v1)
+    once /healthz answers, and checks its log has no traceback when it stops."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # The log goes to a file, not a pipe nobody drains: a chatty server must never block on a full pipe.
+    log = folder / f"server-{port}.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pagelens", "serve", "policy", "--port", str(port), *args],
+                                cwd=folder, stdout=err, stderr=err, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the policy server exited {proc.returncode}:\n{log.read_text()}")
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=1)
+                break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the policy server did not answer in 120 s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+@pytest.fixture(scope="session")
+def serve_policy():
+    """The `_serve` context manager: `with serve_policy(folder, "--backend", …) as url:`."""
+    return _serve
+
+
+@pytest.fixture
+def policy_server(tmp_path):
+    """Start a policy server for this test; returns (base URL with /v1, the file of recorded requests).
+
+    `start(replies)` serves a replay script; `start(model=PATH)` serves a checkpoint with the transformers backend.
+    """
+    import json
+
+    with contextlib.ExitStack() as stack:
+        def start(replies: list[str] | None = None, *, model: Path | None = None) -> tuple[str, Path]:
+            record = tmp_path / f"requests-{len(stack._exit_callbacks)}.jsonl"
+            args = ["--record", str(record)]
+            if model is not None:
+                args += ["--backend", "transformers", "--model", str(model), "--device", "cpu"]
+            else:
+                script = tmp_path / f"script-{len(stack._exit_callbacks)}.json"
+                script.write_text(json.dumps(replies))
+                args += ["--backend", "replay", "--script", str(script)]
+            return stack.enter_context(_serve(tmp_path, *args)) + "/v1", record
+
+        yield start

@@ -209,3 +209,16 @@ def fit_for_model(
     _check_aspect(page_width, page_height, f"page {page_id}", "render it as several pages or crop it first")
     size = smart_resize(page_width, page_height, min_pixels=min_pixels, max_pixels=max_pixels)
     return _resize(image, size), SeenImage.whole_page(page_id, page_width, page_height, *size)
+
+
+def render_seen(image: Image.Image, seen: SeenImage) -> Image.Image:
+    """The image a model was shown, re-made from the full page `image`: the seen region's pixels at the seen size.
+
+    crop and fit_for_model record exactly this (whole-pixel region, final size), so the result equals what they
+    returned; a run can therefore keep the record and re-make the pixels when it needs them again.
+    """
+    shown = seen.region.box
+    left, top = math.floor(shown.x1 + _SNAP), math.floor(shown.y1 + _SNAP)
+    right, bottom = math.ceil(shown.x2 - _SNAP), math.ceil(shown.y2 - _SNAP)
+    cut = image if (left, top, right, bottom) == (0, 0, *image.size) else image.crop((left, top, right, bottom))
+    return _resize(cut, (seen.width, seen.height))

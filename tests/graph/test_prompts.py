@@ -19,6 +19,7 @@ VALUES = {
     "reason": "the search query is empty",
     "page": 3,
     "text": "Revenue 2023: 42 M$",
+    "query": "revenue by region",
 }
 
 

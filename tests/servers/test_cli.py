@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -24,7 +25,7 @@ def indexed(cli, realworld, tmp_path):
 
 def test_help_lists_every_command(cli):
     out = cli("--help").stdout
-    for command in ("index", "search", "pages", "remove", "show", "crop", "demo"):
+    for command in ("index", "search", "pages", "remove", "show", "crop", "ask", "serve", "demo"):
         assert command in out
 
 
@@ -116,8 +117,11 @@ def test_realworld_corpus_indexes_every_page_pdfium_opens(cli, realworld):
 
 
 @pytest.mark.slow
-def test_demo_finds_every_gold_page(cli, tmp_path):
+def test_demo_finds_every_gold_page_and_answers_with_the_extractive_policy(cli, tmp_path):
     proc = cli("--quiet", "demo")
     assert "Gold page ranked first for 20/20 questions" in proc.stdout
-    crops = list((tmp_path / "home" / "demo").glob("*-crop.png"))
-    assert len(crops) >= 15
+    summary = re.search(r"answered (\d+)/20 correctly and cited the gold page for (\d+)/20", proc.stdout)
+    assert summary and int(summary.group(1)) >= 14 and int(summary.group(2)) >= 18, proc.stdout[-500:]
+    traces = sorted((tmp_path / "home" / "demo").glob("*-trace.html"))
+    assert len(traces) == 20
+    assert traces[0].read_text().count("data:image/") >= 2

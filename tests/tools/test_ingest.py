@@ -188,3 +188,16 @@ def test_a_second_opener_is_told_who_holds_the_store(open_store, tmp_path, cli):
     message = proc.stderr.strip()
     assert message.count("\n") == 0
     assert str(store.home) in message and "another process" in message and "PAGELENS_MILVUS_URI" in message
+
+
+def test_the_lock_names_the_holders_command_without_its_password(tmp_path, monkeypatch):
+    import sys
+
+    from pagelens.tools.corpus.store import PageStore, StoreSettings
+
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/pagelens", "index", "--password", "s3cret", "x.pdf",
+                                      "--password=hunter2"])
+    with PageStore(StoreSettings(home=tmp_path / "held")) as store:
+        holder = (store.home / "lock").read_text()
+    assert holder.endswith("pagelens index --password *** x.pdf --password=***")
+    assert "s3cret" not in holder and "hunter2" not in holder

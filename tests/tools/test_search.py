@@ -15,11 +15,8 @@ from pagelens.tools.retrieval.search import Retriever
 
 
 @pytest.fixture(scope="module")
-def sample_store(tmp_path_factory, sample, embedder):
-    home = tmp_path_factory.mktemp("sample-store")
-    store = PageStore(StoreSettings(home=home))
-    report = index_paths(store, sorted(sample.glob("*.pdf")), progress=False, embedder=embedder)
-    assert report.failures == []
+def sample_store(sample_home):
+    store = PageStore(StoreSettings(home=sample_home))
     yield store
     store.close()
 

@@ -86,8 +86,8 @@ class NewPage:
 
 class Catalog:
     def __init__(self, path: Path):
-        # check_same_thread off: a long-lived server may use the open store from its worker threads, one at a
-        # time; SQLite in serialized mode (Python's default build) makes that safe.
+        # check_same_thread off: the agent API's worker threads read the open store at once; SQLite in serialized
+        # mode (Python's default build, sqlite3.threadsafety == 3) lets threads share one connection.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

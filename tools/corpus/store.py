@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,17 @@ class StoreSettings:
         return self.milvus_uri is None
 
 
+def _command_line() -> str:
+    """This process's command line ("pagelens --home X serve mcp"), so a refused process learns what holds the
+    store; a password given on it is left out, since the lock file is readable."""
+    words, hide = [], False
+    for word in sys.argv[1:]:
+        words.append("***" if hide else word.split("=", 1)[0] + "=***" if word.startswith("--password=") else word)
+        hide = word == "--password"
+    program = "pagelens" if Path(sys.argv[0]).name == "__main__.py" else Path(sys.argv[0]).name
+    return " ".join([program, *words])[:300]
+
+
 class PageStore:
     """An open store. Use as a context manager, or call close()."""
 
@@ -68,6 +80,8 @@ class PageStore:
             self.vectors = VectorStore(settings.milvus_uri or str(self.home / "milvus.db"), self._dim(),
                                        recreate=rebuild)
             self._cache: MemoryIndex | None = None
+            # The agent API searches from worker threads: one rebuilds a stale cache while the others wait.
+            self._cache_lock = threading.Lock()
             self.recover()
         except BaseException:
             self._release()
@@ -89,7 +103,7 @@ class PageStore:
             ) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"{os.getpid()} {' '.join([Path(sys.argv[0]).name, *sys.argv[1:2]])}".strip())
+        handle.write(f"{os.getpid()} {_command_line()}".strip())
         handle.flush()
         return handle
 
@@ -227,12 +241,13 @@ class PageStore:
 
     def memory_index(self) -> MemoryIndex:
         """The exact search cache for the catalogue's current generation, loaded or rebuilt as needed."""
-        generation = self.catalog.generation()
-        if self._cache is None or self._cache.generation != generation:
-            folder = self.home / "cache"
-            cache = MemoryIndex.load(folder, generation)
-            if cache is None:
-                cache = MemoryIndex.build(generation, self.vectors.rows(), self.vectors.dim)
-                cache.save(folder)
-            self._cache = cache
-        return self._cache
+        with self._cache_lock:
+            generation = self.catalog.generation()
+            if self._cache is None or self._cache.generation != generation:
+                folder = self.home / "cache"
+                cache = MemoryIndex.load(folder, generation)
+                if cache is None:
+                    cache = MemoryIndex.build(generation, self.vectors.rows(), self.vectors.dim)
+                    cache.save(folder)
+                self._cache = cache
+            return self._cache

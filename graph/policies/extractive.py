@@ -1,0 +1,277 @@
+"""The offline extractive policy: no generative model, the same graph and protocols as a served one.
+
+It searches with the question, reads the text lines stored with the page it is shown, picks the region that
+best matches the question, zooms into it, and answers with the text of that region, saying the answer is
+extractive. Regions it considers:
+- sentences, rebuilt from lines grouped into paragraphs by their vertical gaps;
+- table rows (lines side by side in one band), and cells: the cell of a matching row under a matching column
+  header, answered with the cell and both labels;
+- labels with the values aligned above or below them (chart axes: "2021" with the bar value "38.9").
+A region scores the summed weight of the question's terms it holds: inverse frequency among the page's lines,
+tripled for numbers, doubled again when a whole line is the term (a label). Ties go to the smaller region.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from pagelens.graph.policy import Completion, PolicyRequest, ShownImage
+from pagelens.errors import BadInputError
+from pagelens.tools.pages import Box, TextLine
+from pagelens.tools.regions import from_page_box
+from pagelens.tools.retrieval.lexical import tokenize
+
+# Pages a run looks at before it settles for the best region seen.
+MAX_PAGES = 3
+# Words too common to say anything about where an answer is.
+_STOPWORDS = frozenset(
+    "a an the of in on at to for by with from and or is are was were be been did do does what which who whom whose "
+    "when where why how much many it its this that these those as than into per each any all there their our your "
+    "his her they we you i me my show shows shown report reported".split()
+)
+_NUMBER = re.compile(r"^\d+([.,]\d+)?$")
+# A value printed beside a bar or in a cell: a number with an optional currency and a short unit.
+_VALUE = re.compile(r"^[$€£]?\s*[-+]?\d[\d.,]*\s*(%|[A-Za-z/]{1,6})?$")
+NUMBER_WEIGHT = 2.0
+# A table's header row lies at most this many row heights above a row.
+TABLE_ROWS = 30
+
+
+def _terms(text: str) -> set[str]:
+    # A light stem (plural s) so "quadrat" finds "quadrats".
+    return {t[:-1] if len(t) > 3 and t.endswith("s") and not t.endswith("ss") else t
+            for t in tokenize(text) if t not in _STOPWORDS}
+
+
+def respace(text: str) -> str:
+    """Put back the spaces OCR drops after punctuation and between words and numbers ("May2,2024" → "May 2, 2024"),
+    keeping thousands separators and decimals ("$3,623.40") whole."""
+    text = re.sub(r"([,;:])(?=[^\s\d])", r"\1 ", text)
+    text = re.sub(r"(?<=\d),(?=\d{1,2}\b|\d{4,}\b)", ", ", text)
+    text = re.sub(r"\.(?=[A-Z])", ". ", text)
+    text = re.sub(r"(?<=[A-Za-z]{2})(?=\d)|(?<=\d)(?=[A-Za-z]{2})", " ", text)
+    return text
+
+
+@dataclass(frozen=True)
+class Region:
+    """A candidate answer region: its box in page pixels, the answer text, and the text the score counts."""
+
+    box: Box
+    answer: str
+    terms: frozenset[str]
+    size: int
+    anchors: tuple[str, ...] = ()
+
+
+def _union(lines: list[TextLine]) -> Box:
+    return Box(min(l.box.x1 for l in lines), min(l.box.y1 for l in lines),
+               max(l.box.x2 for l in lines), max(l.box.y2 for l in lines))
+
+
+def _same_band(a: TextLine, b: TextLine) -> bool:
+    overlap = min(a.box.y2, b.box.y2) - max(a.box.y1, b.box.y1)
+    return overlap > 0.5 * min(a.box.height, b.box.height)
+
+
+def _rows(lines: list[TextLine]) -> list[list[TextLine]]:
+    rows: list[list[TextLine]] = []
+    for line in sorted(lines, key=lambda l: (l.box.y1, l.box.x1)):
+        for row in rows:
+            if _same_band(row[0], line):
+                row.append(line)
+                break
+        else:
+            rows.append([line])
+    return [sorted(row, key=lambda l: l.box.x1) for row in rows]
+
+
+def _sentences(lines: list[TextLine]) -> list[tuple[str, list[TextLine]]]:
+    """Sentences with the lines they span; a paragraph ends where the gap to the next line exceeds 3/4 of a line."""
+    paragraphs: list[list[TextLine]] = []
+    for line in lines:
+        last = paragraphs[-1][-1] if paragraphs else None
+        # OCR boxes of consecutive lines often overlap: a negative gap continues the paragraph too.
+        if last is not None and line.box.y1 > last.box.y1 and line.box.y1 - last.box.y2 <= 0.75 * max(last.box.height, 1):
+            paragraphs[-1].append(line)
+        else:
+            paragraphs.append([line])
+    out = []
+    for paragraph in paragraphs:
+        spans, text = [], ""
+        for line in paragraph:
+            start = len(text) + (1 if text else 0)
+            text = f"{text} {line.text}" if text else line.text
+            spans.append((start, len(text), line))
+        for match in re.finditer(r"[^.!?]+(?:[.!?]+(?=\s|$)|$)", text):
+            covered = [line for start, end, line in spans if start < match.end() and end > match.start()]
+            sentence = match.group(0).strip()
+            if sentence and covered:
+                out.append((sentence, covered))
+    return out
+
+
+def _is_label(line: TextLine) -> bool:
+    """A short horizontal line standing alone: a row name, a column header, an axis tick, a bar value."""
+    horizontal = line.box.width >= line.box.height or len(line.text) <= 3
+    return len(line.text) <= 24 and len(line.text.split()) <= 4 and horizontal
+
+
+def _header_x(header: TextLine, wanted: set[str]) -> float:
+    """Where in a header line the asked-for column sits, in page x: a text layer can merge a header row into one
+    line, so take the segment (split after ")" or at wide spaces) holding most asked-for words, and its middle."""
+    text = header.text
+    segments = [m for m in re.finditer(r"[^()]*(?:\([^)]*\))?", text) if m.group(0).strip()]
+    best = max(segments, key=lambda m: len(_terms(m.group(0)) & wanted), default=None)
+    if best is None or not _terms(best.group(0)) & wanted:
+        return (header.box.x1 + header.box.x2) / 2
+    fraction = (best.start() + best.end()) / 2 / max(len(text), 1)
+    return header.box.x1 + fraction * header.box.width
+
+
+def _regions(lines: list[TextLine], clean, wanted: set[str]) -> list[Region]:
+    regions = [Region(_union(covered), clean(text), frozenset(_terms(text)), len(covered))
+               for text, covered in _sentences(lines)]
+    rows = _rows(lines)
+    for row_index, row in enumerate(rows):
+        if len(row) < 2:
+            continue
+        text = " ".join(line.text for line in row)
+        regions.append(Region(_union(row), clean(text), frozenset(_terms(text)), len(row)))
+        label, cells = row[0], row[1:]
+        for header_row in rows[:row_index]:
+            if (len(header_row) < 2 or label.box.y1 - header_row[0].box.y1 > TABLE_ROWS * label.box.height
+                    or any(_VALUE.match(line.text.strip()) for line in header_row)):
+                continue  # a caption or paragraph line, a data row, or a row of another table (a page footer)
+            for header in header_row:
+                if not (_terms(header.text) - _terms(label.text)) & wanted:
+                    continue
+                x = _header_x(header, wanted)
+                cell = min(cells, key=lambda c: abs((c.box.x1 + c.box.x2) / 2 - x))
+                terms = _terms(label.text) | _terms(header.text) | _terms(cell.text)
+                answer = f"{clean(cell.text)} ({clean(label.text)}, {clean(header.text)})"
+                regions.append(Region(_union([label, cell]), answer, frozenset(terms), 2, (label.text, header.text)))
+    for label in filter(_is_label, lines):
+        center = (label.box.x1 + label.box.x2) / 2
+        tolerance = max(label.box.width, label.box.height)
+        aligned = [line for line in lines if line is not label and _VALUE.match(line.text.strip())
+                   and abs((line.box.x1 + line.box.x2) / 2 - center) <= tolerance
+                   and abs(line.box.y1 - label.box.y1) <= 25 * label.box.height]
+        # A bar's value (a number) sits above its tick (below it for a negative bar): the nearest aligned line, above first.
+        above = [line for line in aligned if line.box.y2 <= label.box.y1]
+        below = [line for line in aligned if line.box.y1 >= label.box.y2]
+        value = (max(above, key=lambda l: l.box.y2, default=None)
+                 or min(below, key=lambda l: l.box.y1, default=None))
+        if value is not None:
+            terms = _terms(label.text) | _terms(value.text)
+            regions.append(Region(_union([label, value]), f"{clean(value.text)} ({clean(label.text)})",
+                                  frozenset(terms), 2, (label.text,)))
+    return regions
+
+
+def best_region(lines: list[TextLine], question: str, *, ocr: bool) -> tuple[Region, tuple] | None:
+    """The region of a page's lines that best matches the question, with its rank (comparable across pages:
+    lookups first, then the summed term weight); None if nothing matches."""
+    wanted = _terms(question)
+    if not lines or not wanted:
+        return None
+    clean = respace if ocr else (lambda text: text)
+    line_terms = [_terms(line.text) for line in lines]
+    document_frequency = Counter(term for terms in line_terms for term in terms)
+    weight = {}
+    for term in wanted:
+        idf = math.log(1 + len(lines) / (1 + document_frequency[term]))
+        weight[term] = idf * (NUMBER_WEIGHT if _NUMBER.match(term) else 1.0)
+    best: tuple[tuple[bool, float, int], Region] | None = None
+    for region in _regions(lines, clean, wanted):
+        score = sum(weight[t] for t in wanted & region.terms)
+        # A region keyed by a label every word of which was asked for (a row name, an axis tick) is a lookup:
+        # the question names the row or the bar, so the value beside it beats prose that merely shares words.
+        key = _terms(region.anchors[0]) if region.anchors else set()
+        rank = (bool(key) and key <= wanted, score, -region.size)
+        if score > 0 and (best is None or rank > best[0]):
+            best = (rank, region)
+    return (best[1], best[0][:2]) if best else None
+
+
+class ExtractivePolicy:
+    """Answers by quoting the best-matching region of the pages it is shown (see the module docstring)."""
+
+    name = "extractive"
+
+    def _best(self, request: PolicyRequest, image: ShownImage) -> tuple[Region, tuple] | None:
+        if request.page_lines is None:
+            raise BadInputError("the extractive policy reads page text; run it through the agent graph, which "
+                                "gives each request its pages' lines.")
+        lines, ocr = request.page_lines(image.page_id)
+        return best_region(lines, request.question, ocr=ocr)
+
+    def complete(self, request: PolicyRequest) -> Completion:
+        run_images = [image for image in request.images if image.index >= request.first_image]
+        if request.protocol == "evisrag":
+            return Completion(self._evisrag(request, run_images))
+        pages = [image for image in run_images if not image.is_crop]
+        if not pages and not request.answer_now:
+            return Completion(f"<think>I need a page about the question.</think><search>{request.question}</search>")
+        last = run_images[-1] if run_images else None
+        if last is not None and last.is_crop or request.answer_now:
+            return Completion(self._answer(request, run_images))
+        found = self._best(request, last)
+        if found is None and len(pages) < MAX_PAGES:
+            return Completion("<think>Nothing on this page matches; I look at the next page.</think>"
+                              f"<search>{request.question}</search>")
+        if found is None:
+            return Completion(self._answer(request, run_images))
+        box = from_page_box(found[0].box, last.seen)
+        if request.bbox_convention == "normalized-1000":
+            box = Box(box.x1 * 1000 / last.seen.width, box.y1 * 1000 / last.seen.height,
+                      box.x2 * 1000 / last.seen.width, box.y2 * 1000 / last.seen.height)
+        coordinates = ", ".join(str(round(v)) for v in box.as_list())
+        return Completion(f"<think>The best match is on image {last.index}; I zoom into it.</think>"
+                          f"<bbox>[{coordinates}]</bbox>")
+
+    def _pick(self, request: PolicyRequest, images: list[ShownImage]) -> tuple[ShownImage, Region] | None:
+        scored = [(found[1], -image.index, image, found[0]) for image in images if not image.is_crop
+                  for found in [self._best(request, image)] if found is not None]
+        if not scored:
+            return None
+        _, _, image, region = max(scored, key=lambda s: (s[0], s[1]))
+        return image, region
+
+    def _answer(self, request: PolicyRequest, images: list[ShownImage]) -> str:
+        picked = self._pick(request, images)
+        if picked is None:
+            lines = "\n".join(f"[{image.index}]: no relevant information" for image in images)
+            answer = "<answer>insufficient to answer</answer>"
+            return answer if request.protocol == "vrag" else f"<evidence>\n{lines}\n</evidence>{answer}"
+        page, region = picked
+        crop = next((image for image in reversed(images) if image.is_crop and image.page_id == page.page_id), None)
+        source = f"{page.document} p.{page.page_number}"
+        answer = f"<answer>{region.answer} — extractive answer, quoted from {source}</answer>"
+        if request.protocol == "vrag":
+            return answer
+        evidence = []
+        for image in images:
+            if image is crop:
+                evidence.append(f"[{image.index}]: {region.answer}")
+            elif image is page:
+                where = f"the region zoomed in image {crop.index}" if crop else region.answer
+                evidence.append(f"[{image.index}]: {source}, {where}")
+            else:
+                evidence.append(f"[{image.index}]: no relevant information")
+        return "<evidence>\n" + "\n".join(evidence) + f"\n</evidence>{answer}"
+
+    def _evisrag(self, request: PolicyRequest, images: list[ShownImage]) -> str:
+        picked = self._pick(request, images)
+        lines = []
+        for image in images:
+            lines.append(f"[{image.index - request.first_image + 1}]: "
+                         + (picked[1].answer if picked and image is picked[0] else "no relevant information"))
+        answer = (f"{picked[1].answer} — extractive answer, quoted from {picked[0].document} "
+                  f"p.{picked[0].page_number}") if picked else "insufficient to answer"
+        observe = "I read the text of each page and look for the lines that best match the question."
+        return (f"<observe>{observe}</observe>\n<evidence>\n" + "\n".join(lines) + "\n</evidence>\n"
+                f"<think>The best-matching region gives the answer.</think>\n<answer>{answer}</answer>")

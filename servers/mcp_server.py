@@ -1,0 +1,149 @@
+"""`pagelens serve mcp`: the page store's tools over the Model Context Protocol, for desktop assistants.
+
+An assistant connected here is the policy: it searches, views and crops pages itself, or calls `ask` to run
+pagelens' own agent. The tools and the page resource are in servers/mcp_tools.py; this module assembles the server
+(the store, retriever and agent opened once, in its lifespan), runs it, and writes the desktop configuration entry.
+
+- stdio (what desktop assistants launch): stdout carries nothing but protocol. The SDK points fd 1 at stderr while
+  it serves; logs, and anything printed before, go to stderr.
+- streamable HTTP (`/mcp`): binds 127.0.0.1 by default; the Host and Origin headers are checked against DNS
+  rebinding (localhost, the bound address and `ServingSettings.allowed_origins`); with a token set
+  (PAGELENS_MCP_TOKEN), a request without `Authorization: Bearer <token>` gets 401.
+- The server holds the store while it runs (Milvus Lite allows one process), so `pagelens index` meanwhile is
+  refused with one sentence naming this server; a Milvus server (PAGELENS_MILVUS_URI) lifts that limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import shutil
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import ToolAnnotations
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pagelens import __version__
+from pagelens.errors import BadInputError
+from pagelens.servers.config import Settings
+from pagelens.servers.mcp_tools import TOOLS, PageLensContext, page_resource
+from pagelens.tools.corpus.store import PageStore
+
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+INSTRUCTIONS = (
+    "pagelens holds indexed page images (PDF pages, scans, slides, photos) with their text. search_pages finds the "
+    "pages for a query (with thumbnails); view_page shows a page; crop_region zooms into a box of it to read small "
+    "text, table cells or chart values; list_documents lists what is indexed; ask runs pagelens' own agent. Cite "
+    "pages by document and page number."
+)
+
+
+def build_server(settings: Settings) -> MCPServer[PageLensContext]:
+    """The MCP server over the store `settings` name. Its lifespan (entered when it starts serving, or when an
+    in-process `Client` connects) opens the store, the retriever and the agent that every tool call shares."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: MCPServer[PageLensContext]) -> AsyncIterator[PageLensContext]:
+        # Imported here, not at the top: `pagelens mcp-config` needs none of the graph (LangGraph).
+        from pagelens.graph.build import Agent
+        from pagelens.graph.policies import make_policy
+        from pagelens.tools.retrieval.search import Retriever
+
+        store = PageStore(settings.store, settings.retrieval)
+        try:
+            retriever = Retriever(store)
+            agent = Agent(store, make_policy(settings.policy), settings.agent, retriever=retriever)
+            yield PageLensContext(store, retriever, agent, settings.serving)
+        finally:
+            store.close()
+
+    # WARNING: the SDK logs every request at INFO, which would bury a desktop assistant's server log.
+    server: MCPServer[PageLensContext] = MCPServer("pagelens", version=__version__, instructions=INSTRUCTIONS,
+                                                   lifespan=lifespan, log_level="WARNING")
+    for tool in TOOLS:
+        server.add_tool(tool, annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    server.resource("page://{page_id}", name="page", mime_type="image/jpeg")(page_resource)
+    return server
+
+
+def run_mcp_server(settings: Settings, *, transport: Literal["stdio", "http"] = "stdio", host: str = "127.0.0.1",
+                   port: int = 8765) -> None:
+    """Serve until the client closes stdin (stdio) or the process is stopped (HTTP, at http://host:port/mcp)."""
+    if transport not in ("stdio", "http"):
+        raise BadInputError(f"transport {transport!r} is unknown; use 'stdio' or 'http'.")
+    # Opening the store once first turns a store that cannot be opened (held by another process, built with other
+    # settings) into one clear error and exit status 2, not a traceback from inside the transport. Anything printed
+    # meanwhile goes to stderr: on stdio, stdout is the protocol's.
+    with contextlib.redirect_stdout(sys.stderr):
+        PageStore(settings.store, settings.retrieval).close()
+    server = build_server(settings)
+    home = settings.store.home.resolve()
+    if transport == "stdio":
+        print(f"pagelens MCP server on stdio, store {home}", file=sys.stderr, flush=True)
+        server.run("stdio")
+        return
+    import uvicorn
+
+    app: ASGIApp = server.streamable_http_app(transport_security=transport_security(host, settings.serving.origins))
+    if settings.serving.mcp_token:
+        app = RequireBearerToken(app, settings.serving.mcp_token)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"pagelens MCP server on http://{shown}:{port}/mcp, store {home}", file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+
+
+def transport_security(host: str, origins: Sequence[str]) -> TransportSecuritySettings:
+    """DNS-rebinding protection for HTTP: the Host header must name loopback, the bound address or an allowed
+    origin's host; an Origin header must be a localhost one or one of `origins` ("https://app.example.com", or
+    "https://app.example.com:*" for any port). Requests without Origin (clients that are not browsers) pass."""
+    bound = f"[{host}]" if ":" in host else host
+    names = list(dict.fromkeys((*LOOPBACK, bound)))
+    hosts = [*names, *(f"{name}:*" for name in names)]
+    hosts += [origin.split("://", 1)[-1] for origin in origins]
+    allowed = [f"{scheme}://{name}{port}" for scheme in ("http", "https") for name in LOOPBACK for port in ("", ":*")]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                     allowed_origins=[*allowed, *origins])
+
+
+class RequireBearerToken:
+    """ASGI middleware: an HTTP request without `Authorization: Bearer <token>` gets 401 (compared in constant time)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = JSONResponse(
+                    {"error": "invalid_token",
+                     "error_description": "this server needs the header Authorization: Bearer <token>, with the "
+                                          "token its PAGELENS_MCP_TOKEN holds."},
+                    status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def mcp_config(settings: Settings) -> dict:
+    """The `claude_desktop_config.json` entry that runs `pagelens serve mcp` on this store.
+
+    The command is the `pagelens` executable beside the running interpreter (so the entry uses this installation
+    even when another is first on PATH), else the one on PATH, else this interpreter with `-m pagelens`.
+    """
+    beside = shutil.which("pagelens", path=str(Path(sys.executable).parent)) or shutil.which("pagelens")
+    if beside is not None:
+        command, args = str(Path(beside).absolute()), ["serve", "mcp"]
+    else:
+        command, args = str(Path(sys.executable).absolute()), ["-m", "pagelens", "serve", "mcp"]
+    env = {"PAGELENS_HOME": str(settings.store.home.resolve())}
+    if settings.store.milvus_uri:
+        env["PAGELENS_MILVUS_URI"] = settings.store.milvus_uri
+    return {"mcpServers": {"pagelens": {"command": command, "args": args, "env": env}}}

@@ -1,0 +1,437 @@
+"""The MCP server's tools and page resource: thin typed wrappers of the one tools/ (or graph) function each.
+
+Every tool answers with a `CallToolResult`: its first text block is the result as JSON, `structuredContent` is the
+same object (the tool's output schema describes it), and images follow, each after a one-line label. A whole
+result, base64 images included, stays under `ServingSettings.max_result_bytes`, since desktop clients drop larger
+ones: images are downscaled (PNG, or JPEG where PNG is too big), search thumbnails beyond the cap are left out,
+and the result's `note` says what was left out and how to get it. A user error (an unknown page, a bad box, an
+empty query) is a tool error (`isError`) whose text is the one sentence pagelens raised, naming the input and the fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from pagelens.errors import BadInputError, NotFoundError, PageLensError
+from pagelens.servers.settings import ServingSettings
+from pagelens.tools.corpus.store import PageStore
+from pagelens.tools.imagefiles import encode_image, load_page_image
+from pagelens.tools.pages import Box, Page
+from pagelens.tools.regions import SeenImage, crop
+
+if TYPE_CHECKING:  # the graph (LangGraph) loads only when a client connects; see mcp_server.build_server
+    from pagelens.graph.build import Agent
+    from pagelens.graph.policy import ShownImage
+    from pagelens.tools.retrieval.search import Retriever
+
+MAX_K = 50
+MIN_VIEW_PIXELS = 64 * 64
+# Bytes kept free for the JSON-RPC envelope and for what is written once the images are sized (their sizes and
+# formats, the note): each a few hundred bytes at most.
+_RESERVE = 4096
+# The JSON around one labelled image besides the label and the base64: {"type":"text","text":…},
+# {"type":"image","data":…,"mimeType":"image/jpeg"}.
+_BLOCKS = 96
+# An image is always given at least this much, so downscaling ends (a 1x1 PNG is under 100 bytes).
+_MIN_IMAGE_BUDGET = 4096
+ImageFormat = Literal["png", "jpeg"]
+
+
+@dataclass
+class PageLensContext:
+    """What the tools share while the server runs (its lifespan context)."""
+
+    store: PageStore
+    retriever: Retriever
+    agent: Agent
+    serving: ServingSettings
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Serialises tool calls on the store (its SQLite catalogue and search cache serve one thread at a time); `ask`
+    holds it for its whole run."""
+
+
+# -- what the tools return ------------------------------------------------------------------------------------------
+class PageHit(BaseModel):
+    page_id: str = Field(description="the page's id, for view_page, crop_region and page://{page_id}")
+    document: str = Field(description="the document's name (its path relative to the indexed folder)")
+    page_number: int = Field(description="1-based page number within the document")
+    score: float = Field(description="fused retrieval score; higher is better")
+    snippet: str = Field(description="the text of the page that matched the query best")
+
+
+class SearchResult(BaseModel):
+    query: str
+    hits: list[PageHit] = Field(description="the pages found, best first")
+    thumbnails: int = Field(description="how many hits, from the first, have a thumbnail image in this result")
+    note: str = Field(description="what was left out to stay under the result size cap and how to get it; or empty")
+
+
+class PageView(BaseModel):
+    page_id: str
+    document: str
+    page_number: int
+    page_width: int = Field(description="the stored page's width in pixels")
+    page_height: int = Field(description="the stored page's height in pixels")
+    width: int = Field(description="the returned image's width; pass it as seen_width to crop_region")
+    height: int = Field(description="the returned image's height; pass it as seen_height to crop_region")
+    mime_type: str
+    note: str = Field(description="how the image was downscaled to stay under the result size cap; or empty")
+
+
+class CropView(BaseModel):
+    page_id: str
+    document: str
+    page_number: int
+    page_width: int = Field(description="the stored page's width in pixels")
+    page_height: int = Field(description="the stored page's height in pixels")
+    box: list[float] = Field(description="the region cropped, [x1, y1, x2, y2] in page pixels (clamped to the page)")
+    normalized: list[float] = Field(description="the same region as fractions (0 to 1) of the page's width and height")
+    width: int = Field(description="the returned image's width in pixels")
+    height: int = Field(description="the returned image's height in pixels")
+    mime_type: str
+    note: str = Field(description="how the image was downscaled to stay under the result size cap; or empty")
+
+
+class DocumentInfo(BaseModel):
+    name: str = Field(description="the name search_pages' document glob matches")
+    document_id: str = Field(description="SHA-256 of the file's bytes")
+    kind: str
+    page_count: int
+    page_ids: list[str] = Field(description="the document's pages in order, for view_page and crop_region")
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentInfo]
+    total_documents: int
+    total_pages: int
+    note: str = Field(description="which documents were left out to stay under the result size cap; or empty")
+
+
+class Citation(BaseModel):
+    image: int = Field(description="the run's image this evidence is about (see images)")
+    page_id: str
+    document: str
+    page_number: int
+    box: list[float] | None = Field(description="the cited region in page pixels; null when the whole page is cited")
+    text: str = Field(description="what the policy read there")
+
+
+class AskImage(BaseModel):
+    image: int = Field(description="the run's image index, as citations name it")
+    page_id: str
+    page_number: int
+    box: list[float] | None = Field(description="the page region shown, in page pixels; null for the whole page")
+    width: int
+    height: int
+    mime_type: str
+
+
+class AskResult(BaseModel):
+    question: str
+    answer: str | None = Field(description="the answer; null when the run ended without one (see status, message)")
+    status: str = Field(description="answered, insufficient, no_answer (turn limit) or timeout")
+    message: str
+    policy: str = Field(description="the policy that drove the run (extractive unless PAGELENS_POLICY_URL is set)")
+    citations: list[Citation]
+    images: list[AskImage] = Field(description="the cited images, as the policy saw them, in this result's order")
+    note: str = Field(description="how images were downscaled to stay under the result size cap; or empty")
+
+
+# -- sizing ---------------------------------------------------------------------------------------------------------
+def _b64(size: int) -> int:
+    return 4 * ((size + 2) // 3)
+
+
+def _text(model: BaseModel) -> str:
+    return model.model_dump_json(indent=1)
+
+
+def _cost(model: BaseModel) -> int:
+    """Bytes the model takes in a result: as text (a JSON string inside JSON, escaped) and as structuredContent."""
+    return len(json.dumps(_text(model))) + len(model.model_dump_json().encode())
+
+
+def _scaled(image: Image.Image, factor: float) -> Image.Image:
+    size = (max(1, int(image.width * factor)), max(1, int(image.height * factor)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """An image encoded for a result: its bytes and format, the size sent, and the size before fitting the cap."""
+
+    data: bytes
+    format: ImageFormat
+    size: tuple[int, int]
+    wanted: tuple[int, int]
+
+    @property
+    def mime_type(self) -> str:
+        return f"image/{self.format}"
+
+    def note(self, cap: int) -> str:
+        """Empty unless the image was downscaled to fit the result size cap."""
+        if self.size == self.wanted:
+            return ""
+        return (f"downscaled from {self.wanted[0]}x{self.wanted[1]} to {self.size[0]}x{self.size[1]} to keep the "
+                f"result under {cap} bytes; crop_region shows any part of a page at full detail.")
+
+
+def fit_image(image: Image.Image, budget: int, formats: Sequence[ImageFormat] = ("png", "jpeg")) -> Fitted:
+    """The image in the first of `formats` (lossless PNG first) whose base64 fits `budget` bytes, downscaled until
+    one does."""
+    wanted = image.size
+    budget = max(budget, _MIN_IMAGE_BUDGET)
+    while True:
+        for image_format in formats:
+            data = encode_image(image, image_format)
+            if _b64(len(data)) <= budget:
+                return Fitted(data, image_format, image.size, wanted)
+        # Encoded size grows about with the area; aim a little below the budget so one more round is rare.
+        image = _scaled(image, min(0.9, 0.95 * math.sqrt(budget / _b64(len(data)))))
+
+
+def fit_page(page: Page, budget: int, *, max_pixels: int | None = None,
+             formats: Sequence[ImageFormat] = ("png", "jpeg")) -> Fitted:
+    """A stored page image for a result: the stored JPEG itself when it fits `budget` and `max_pixels` (exact and
+    not re-encoded), else the page decoded, shrunk to `max_pixels` and fitted by fit_image."""
+    within = max_pixels is None or page.width * page.height <= max_pixels
+    if within:
+        try:
+            stored = page.image_path.read_bytes()
+        except OSError:
+            raise NotFoundError(f"the image of page {page.page_id} is missing; index {page.document} again.") from None
+        if _b64(len(stored)) <= budget:
+            return Fitted(stored, "jpeg", (page.width, page.height), (page.width, page.height))
+    image = load_page_image(page.image_path)
+    if max_pixels is not None and not within:
+        image = _scaled(image, math.sqrt(max_pixels / (image.width * image.height)))
+    return fit_image(image, budget, formats)
+
+
+def _result(model: BaseModel, images: Sequence[tuple[str, bytes, str]] = ()) -> CallToolResult:
+    """The model as JSON text and as structuredContent, then each (label, image bytes, MIME type)."""
+    content: list[ContentBlock] = [TextContent(type="text", text=_text(model))]
+    for label, data, mime_type in images:
+        content.append(TextContent(type="text", text=label))
+        content.append(ImageContent(type="image", data=base64.b64encode(data).decode("ascii"), mime_type=mime_type))
+    return CallToolResult(content=content, structured_content=model.model_dump(mode="json"))
+
+
+# -- shared lookups ---------------------------------------------------------------------------------------------------
+@contextmanager
+def _using(ctx: Context) -> Iterator[PageLensContext]:
+    """The shared store, held for this call; a pagelens error becomes a tool error carrying its one sentence."""
+    shared: PageLensContext = ctx.request_context.lifespan_context
+    try:
+        with shared.lock:
+            yield shared
+    except PageLensError as error:
+        raise ToolError(str(error)) from None
+
+
+def _page(store: PageStore, page_id: str) -> Page:
+    try:
+        return store.page(page_id)
+    except NotFoundError:
+        raise NotFoundError(f"page {page_id!r} is not indexed; use a page_id that search_pages or list_documents "
+                            f"gave.") from None
+
+
+def _thumbnail(page: Page) -> bytes:
+    try:
+        return page.thumbnail_path.read_bytes()
+    except OSError:
+        raise NotFoundError(f"the thumbnail of page {page.page_id} is missing; index {page.document} again.") from None
+
+
+def _label(page: Page | ShownImage, box: list[float] | None = None) -> str:
+    where = f", page box {box}" if box is not None else ""
+    return f"{page.document} p.{page.page_number} (page_id {page.page_id}){where}"
+
+
+# -- the tools --------------------------------------------------------------------------------------------------------
+def search_pages(
+    ctx: Context,
+    query: Annotated[str, Field(description="what to look for, in words (any language)")],
+    k: Annotated[int, Field(description=f"how many pages to return, best first (1 to {MAX_K})")] = 5,
+    document: Annotated[str | None, Field(description="only documents whose name matches this glob, e.g. "
+                                                      "'reports/*.pdf' (list_documents gives the names)")] = None,
+) -> Annotated[CallToolResult, SearchResult]:
+    """Search the indexed pages (PDF pages, scans, slides, photos) for a query. Returns the best pages as JSON
+    (page_id, document, page_number, score, the text that matched) and each page's thumbnail, best first. Use
+    view_page to see a page at full size and crop_region to zoom into part of it."""
+    if not 1 <= k <= MAX_K:
+        raise ToolError(f"k={k} is out of range; ask for 1 to {MAX_K} pages (narrow the search with document=GLOB).")
+    with _using(ctx) as shared:
+        if document is not None and not shared.store.match_documents(document):
+            raise BadInputError(f"no indexed document matches {document!r}; list_documents gives the names.")
+        hits = shared.retriever.search(query, k, document)
+        thumbnails = [_thumbnail(hit.page) for hit in hits]
+    found = [PageHit(page_id=h.page.page_id, document=h.page.document, page_number=h.page.page_number,
+                     score=round(h.score, 6), snippet=h.snippet) for h in hits]
+    cap = shared.serving.max_result_bytes
+    budget = cap - _RESERVE - _cost(SearchResult(query=query, hits=found, thumbnails=len(hits), note=""))
+    images: list[tuple[str, bytes, str]] = []
+    for rank, (hit, data) in enumerate(zip(hits, thumbnails), start=1):
+        label = f"[{rank}] {_label(hit.page)}"
+        budget -= _b64(len(data)) + len(json.dumps(label)) + _BLOCKS
+        if budget < 0:
+            break
+        images.append((label, data, "image/jpeg"))
+    note = ""
+    if not hits:
+        note = "no page matches; list_documents shows what is indexed."
+    elif len(images) < len(hits):
+        note = (f"thumbnails of the first {len(images)} of {len(hits)} hits only, to keep the result under {cap} "
+                f"bytes; view_page shows any hit's page.")
+    return _result(SearchResult(query=query, hits=found, thumbnails=len(images), note=note), images)
+
+
+def view_page(
+    ctx: Context,
+    page_id: Annotated[str, Field(description="the page, as search_pages or list_documents give it")],
+    max_pixels: Annotated[int | None, Field(description=f"largest image area (width x height) to return, at least "
+                                                        f"{MIN_VIEW_PIXELS}; default: the stored page, downscaled "
+                                                        f"only to fit the result size cap")] = None,
+) -> Annotated[CallToolResult, PageView]:
+    """Show one indexed page as an image, with its size. Boxes for crop_region may be given in this image's
+    pixels by passing its width and height as seen_width and seen_height."""
+    if max_pixels is not None and max_pixels < MIN_VIEW_PIXELS:
+        raise ToolError(f"max_pixels={max_pixels} is too small; give at least {MIN_VIEW_PIXELS} pixels or leave it "
+                        f"empty.")
+    with _using(ctx) as shared:
+        page = _page(shared.store, page_id)
+        cap = shared.serving.max_result_bytes
+        view = PageView(page_id=page.page_id, document=page.document, page_number=page.page_number,
+                        page_width=page.width, page_height=page.height, width=0, height=0, mime_type="", note="")
+        image = fit_page(page, cap - _RESERVE - _cost(view), max_pixels=max_pixels)
+    view = view.model_copy(update={"width": image.size[0], "height": image.size[1], "mime_type": image.mime_type,
+                                   "note": image.note(cap)})
+    return _result(view, [(_label(page), image.data, image.mime_type)])
+
+
+def crop_region(
+    ctx: Context,
+    page_id: Annotated[str, Field(description="the page, as search_pages or list_documents give it")],
+    box: Annotated[list[float], Field(description="[x1, y1, x2, y2]: left, top, right, bottom, in page pixels, or "
+                                                  "in pixels of the image seen_width x seen_height")],
+    seen_width: Annotated[int | None, Field(description="width of the page image the box was read on (view_page's "
+                                                        "width); leave both seen sizes empty for page pixels")] = None,
+    seen_height: Annotated[int | None, Field(description="height of the page image the box was read on")] = None,
+    zoom: Annotated[bool, Field(description="resize the crop to a legible size (about 200k to 400k pixels, as "
+                                            "Qwen2.5-VL sees crops); false keeps the page's own pixels")] = True,
+) -> Annotated[CallToolResult, CropView]:
+    """Crop a box out of a page and zoom into it, to read small text, a table cell or a chart value. Returns the
+    crop image and the region it shows, in page pixels and normalised to the page."""
+    if len(box) != 4:
+        raise ToolError(f"box {box} has {len(box)} numbers; give four, [x1, y1, x2, y2].")
+    if (seen_width is None) != (seen_height is None):
+        raise ToolError(f"only one of seen_width={seen_width} and seen_height={seen_height} is set; give both (the "
+                        f"size view_page returned) or neither (page pixels).")
+    with _using(ctx) as shared:
+        page = _page(shared.store, page_id)
+        seen = None
+        if seen_width is not None and seen_height is not None:
+            if seen_width < 1 or seen_height < 1:
+                raise BadInputError(f"seen size {seen_width}x{seen_height} is not positive; give the size of the "
+                                    f"image the box was read on, as view_page returned it.")
+            seen = SeenImage.whole_page(page.page_id, page.width, page.height, seen_width, seen_height)
+        cut = crop(load_page_image(page.image_path), page.page_id, Box(*box), seen=seen, zoom=zoom)
+    cap = shared.serving.max_result_bytes
+    region = cut.region.to_dict()
+    view = CropView(page_id=page.page_id, document=page.document, page_number=page.page_number,
+                    page_width=page.width, page_height=page.height, box=region["box"],
+                    normalized=region["normalized"], width=0, height=0, mime_type="", note="")
+    image = fit_image(cut.image, cap - _RESERVE - _cost(view))
+    view = view.model_copy(update={"width": image.size[0], "height": image.size[1], "mime_type": image.mime_type,
+                                   "note": image.note(cap)})
+    return _result(view, [(f"crop of {_label(page, region['box'])}", image.data, image.mime_type)])
+
+
+def list_documents(ctx: Context) -> Annotated[CallToolResult, DocumentList]:
+    """List the indexed documents: each one's name (what search_pages' document glob matches), kind, page count
+    and page ids."""
+    with _using(ctx) as shared:
+        documents = shared.store.documents()
+        pages = shared.store.pages()
+    page_ids: dict[str, list[str]] = {}
+    for page in pages:
+        page_ids.setdefault(page.document_id, []).append(page.page_id)
+    listed = [DocumentInfo(name=d.name, document_id=d.document_id, kind=d.kind, page_count=d.page_count,
+                           page_ids=page_ids.get(d.document_id, [])) for d in documents]
+    cap = shared.serving.max_result_bytes
+    budget = cap - _RESERVE
+    kept = 0
+    for info in listed:
+        budget -= _cost(info)
+        if budget < 0:
+            break
+        kept += 1
+    note = "" if kept == len(listed) else (
+        f"the first {kept} of {len(listed)} documents only, to keep the result under {cap} bytes; search_pages "
+        f"with document=GLOB reaches the others.")
+    return _result(DocumentList(documents=listed[:kept], total_documents=len(listed), total_pages=len(pages),
+                                note=note))
+
+
+def ask(
+    ctx: Context,
+    question: Annotated[str, Field(description="the question, in words")],
+) -> Annotated[CallToolResult, AskResult]:
+    """Answer a question from the indexed pages with pagelens' own agent (search, zoom, cite), using the configured
+    policy (the offline extractive one unless a policy endpoint is set). Returns the answer, its citations (page and
+    region) and the cited images as the agent saw them."""
+    with _using(ctx) as shared:
+        result = shared.agent.ask(question)
+        by_index = {image.index: image for image in result.images}
+        cited = [by_index[i] for i in dict.fromkeys(item.image for item in result.evidence)]
+        pixels = [shared.agent.context.pages.shown(image) for image in cited]
+    cap = shared.serving.max_result_bytes
+    # Entries written with the sizes before fitting: their JSON is then at least as long as the final one.
+    entries = [AskImage(image=shown.index, page_id=shown.page_id, page_number=shown.page_number,
+                        box=shown.region.box.rounded().as_list() if shown.region is not None else None,
+                        width=image.width, height=image.height, mime_type="image/jpeg")
+               for shown, image in zip(cited, pixels)]
+    labels = [f"[image {shown.index}] {_label(shown, entry.box)}" for shown, entry in zip(cited, entries)]
+    answer = AskResult(question=result.question, answer=result.answer, status=result.status, message=result.message,
+                       policy=result.policy, citations=[Citation(**item.to_dict()) for item in result.evidence],
+                       images=entries, note="")
+    # The cited images share equally what the text leaves of the cap.
+    text = _cost(answer) + sum(len(json.dumps(label)) + _BLOCKS for label in labels)
+    share = (cap - _RESERVE - text) // max(1, len(cited))
+    fitted = [fit_image(image, share) for image in pixels]
+    for entry, image in zip(entries, fitted):
+        entry.width, entry.height, entry.mime_type = image.size[0], image.size[1], image.mime_type
+    answer.note = next((note for image in fitted if (note := image.note(cap))), "")
+    return _result(answer, [(label, image.data, image.mime_type) for label, image in zip(labels, fitted)])
+
+
+# -- the page resource ------------------------------------------------------------------------------------------------
+def page_resource(page_id: str, ctx: Context) -> bytes:
+    """An indexed page's image (JPEG), page_id as search_pages and list_documents give it."""
+    shared: PageLensContext = ctx.request_context.lifespan_context
+    try:
+        with shared.lock:
+            page = _page(shared.store, page_id)
+        return fit_page(page, shared.serving.max_result_bytes - _RESERVE, formats=("jpeg",)).data
+    except NotFoundError as error:
+        raise ResourceNotFoundError(str(error)) from None
+    except PageLensError as error:
+        raise ResourceError(str(error)) from None
+
+
+TOOLS = (search_pages, view_page, crop_region, list_documents, ask)

@@ -1,0 +1,432 @@
+"""An OpenAI-compatible chat-completions server for a policy: `pagelens serve policy`.
+
+The agent talks to its policy over the OpenAI chat API whatever serves it (DESIGN, data flow 3). vLLM is the
+production server; this one serves the same wire format from two backends that need no GPU stack:
+
+- `transformers`: a local Qwen2.5-VL-family checkpoint (`transformers_backend`), for CPU-only machines,
+  CI and checking a trained checkpoint without vLLM.
+- `replay`: a scripted policy for tests and debugging. The script is a JSON file holding a list of
+  assistant texts, or a JSONL file of `{"text": ...}` lines; each chat completion returns the next text,
+  and an exhausted script answers 503. There is no model behind it, so it reports no token counts
+  (`usage: null`) and no probabilities (`logprobs: null`, even when asked), rather than invent them.
+
+Requests are validated here, the same way for both backends, so a client bug shows up against the replay
+backend too: images must be inline base64 data URLs (png, jpeg, webp), because nothing can be downloaded.
+`record` appends every request body as one JSONL line, so tests can read exactly what a client sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from PIL import Image
+from starlette.exceptions import HTTPException
+
+from pagelens.errors import BadInputError, PageLensError
+from pagelens.tools.regions import MAX_PIXELS, MIN_PIXELS
+
+DEFAULT_MAX_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One validated chat turn: its text and images in order."""
+
+    role: Literal["system", "user", "assistant"]
+    parts: tuple[str | Image.Image, ...]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample, as the request asked (OpenAI names; repetition_penalty as vLLM takes it)."""
+
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    repetition_penalty: float = 1.0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    raw: bytes  # the token's exact bytes, which may be part of a UTF-8 character
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A finished completion. Counts and logprobs are None where a backend has no tokenizer or model."""
+
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+class PolicyBackend(Protocol):
+    """What the server needs from a backend. Both methods raise BadInputError before producing anything."""
+
+    name: str  # the model name clients must send
+
+    def generate(self, messages: list[ChatMessage], params: SamplingParams) -> Generation: ...
+
+    def stream(self, messages: list[ChatMessage], params: SamplingParams) -> Iterator[str | Generation]:
+        """Text deltas, then the finished Generation (whose text is the deltas joined)."""
+        ...
+
+
+class ScriptExhaustedError(PageLensError):
+    """The replay backend has given every scripted reply."""
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\s*\S+|\s+", text)
+
+
+class ReplayBackend:
+    """Answers each chat completion with the next reply of a script, in order.
+
+    A reply may carry the log-probabilities the scripted model gives its words (one per word, the text split at
+    whitespace as `_words` does); without them a reply has none, since no model computed any.
+    """
+
+    def __init__(self, script: Path, name: str = "replay") -> None:
+        self.name, self.script = name, Path(script)
+        self.replies = load_replay_script(self.script)
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def generate(self, messages: list[ChatMessage], params: SamplingParams) -> Generation:
+        return self._pop()
+
+    def stream(self, messages: list[ChatMessage], params: SamplingParams) -> Iterator[str | Generation]:
+        generation = self._pop()
+        # word by word, so clients are exercised on joining deltas
+        return iter([*_words(generation.text), generation])
+
+    def _pop(self) -> Generation:
+        with self._lock:
+            if self._next == len(self.replies):
+                raise ScriptExhaustedError(f"the replay script {self.script} has no reply left after its "
+                                           f"{len(self.replies)}; add replies to it or restart the server.")
+            self._next += 1
+            text, logprobs = self.replies[self._next - 1]
+        tokens = None
+        if logprobs is not None:
+            tokens = tuple(TokenLogprob(word, value, word.encode()) for word, value in zip(_words(text), logprobs))
+        return Generation(text, "stop", logprobs=tokens)
+
+
+def load_replay_script(path: Path) -> list[tuple[str, list[float] | None]]:
+    """The replies of a replay script, as (text, per-word logprobs or None): a JSON list of texts or of
+    {"text": ..., "logprobs": [...]} objects, or JSONL of such objects."""
+    try:
+        raw = Path(path).read_text()
+    except OSError as exc:
+        raise BadInputError(f"replay script {path} cannot be read ({exc.strerror}); give an existing file.") from None
+    try:
+        items = json.loads(raw)
+        items = items if isinstance(items, list) else [items]
+    except json.JSONDecodeError:
+        items = []
+        for number, line in enumerate(raw.splitlines(), 1):
+            try:
+                items.extend([json.loads(line)] if line.strip() else [])
+            except json.JSONDecodeError:
+                raise BadInputError(f"replay script {path} line {number} is not JSON; write a JSON list of texts "
+                                    'or one {"text": ...} object per line.') from None
+    texts = [item.get("text") if isinstance(item, dict) else item for item in items]
+    if not texts or not all(isinstance(text, str) for text in texts):
+        raise BadInputError(f"replay script {path} holds no list of texts; write a JSON list of strings or one "
+                            '{"text": "..."} object per line.')
+    replies = []
+    for number, (item, text) in enumerate(zip(items, texts), 1):
+        logprobs = item.get("logprobs") if isinstance(item, dict) else None
+        if logprobs is not None and (
+            not isinstance(logprobs, list) or len(logprobs) != len(_words(text))
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0 for v in logprobs)
+        ):
+            raise BadInputError(f"replay script {path} reply {number} has logprobs that are not one number <= 0 per "
+                                f"word of its text ({len(_words(text))} words); fix or remove them.")
+        replies.append((text, [float(v) for v in logprobs] if logprobs is not None else None))
+    return replies
+
+
+def make_backend(backend_name: str, model: str | None = None, script: Path | None = None, *,
+                 device: str = "auto", served_model_name: str | None = None, min_pixels: int = MIN_PIXELS,
+                 max_pixels: int = MAX_PIXELS) -> PolicyBackend:
+    """Load the named backend ("transformers" needs `model`, "replay" needs `script`)."""
+    if backend_name == "replay":
+        if script is None:
+            raise BadInputError("the replay backend needs a script; give --script FILE with the replies in order.")
+        return ReplayBackend(script, served_model_name or "replay")
+    if backend_name == "transformers":
+        if model is None:
+            raise BadInputError("the transformers backend needs a model; give --model with a local checkpoint folder.")
+        from pagelens.servers.transformers_backend import TransformersBackend
+
+        return TransformersBackend(model, device=device, name=served_model_name,  # type: ignore[arg-type]
+                                   min_pixels=min_pixels, max_pixels=max_pixels)
+    raise BadInputError(f"backend {backend_name!r} is not known; use 'transformers' or 'replay'.")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated chat-completions request."""
+
+    model: str
+    messages: list[ChatMessage]
+    params: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: bool = False
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Validate an OpenAI chat-completions request body; every problem is one BadInputError sentence."""
+    if not isinstance(body, dict):
+        raise BadInputError("the request body is not a JSON object; send a chat-completions request.")
+    if not isinstance(body.get("model"), str):
+        raise BadInputError("model is missing; send the served model name (GET /v1/models lists it).")
+    if body.get("n", 1) != 1:
+        raise BadInputError("n must be 1 here; send one request per completion.")
+    if body.get("top_logprobs"):
+        raise BadInputError("top_logprobs is not supported by this server; leave it out or set it to 0.")
+    stop = body.get("stop") or ()
+    stop = (stop,) if isinstance(stop, str) else stop
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+        raise BadInputError("stop must be a string or a list of non-empty strings.")
+    seed = body.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise BadInputError(f"seed {seed!r} is not an integer; send an integer or leave it out.")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    params = SamplingParams(
+        max_tokens=int(_number("max_tokens", max_tokens, DEFAULT_MAX_TOKENS, 1, 1 << 20)),
+        temperature=_number("temperature", body.get("temperature"), 1.0, 0.0, 2.0),
+        top_p=_number("top_p", body.get("top_p"), 1.0, 0.0, 1.0, above_low=True),
+        seed=seed,
+        stop=tuple(stop),
+        repetition_penalty=_number("repetition_penalty", body.get("repetition_penalty"), 1.0, 0.0, 10.0,
+                                   above_low=True),
+    )
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise BadInputError("stream_options is not an object; send {'include_usage': true} or leave it out.")
+    return ChatRequest(model=body["model"], messages=_parse_messages(body.get("messages")), params=params,
+                       stream=body.get("stream") is True, include_usage=options.get("include_usage") is True,
+                       logprobs=body.get("logprobs") is True)
+
+
+def _number(name: str, value: Any, default: float, low: float, high: float, *, above_low: bool = False) -> float:
+    if value is None:
+        return default
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (low < value if above_low else low <= value) or value > high:
+        bound = f"above {low:g}" if above_low else f"from {low:g}"
+        raise BadInputError(f"{name} {value!r} is not a number {bound} to {high:g}; fix it or leave it out.")
+    return value
+
+
+def _parse_messages(messages: Any) -> list[ChatMessage]:
+    if not isinstance(messages, list) or not messages:
+        raise BadInputError("messages must be a non-empty list; send at least one user message.")
+    parsed = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise BadInputError(f"{where} is not an object; send {{'role': ..., 'content': ...}}.")
+        role = {"developer": "system"}.get(message.get("role"), message.get("role"))
+        if role not in ("system", "user", "assistant"):
+            raise BadInputError(f"{where}.role is {message.get('role')!r}; use system, user or assistant "
+                                "(send tool observations as user messages).")
+        content = message.get("content")
+        if content is None and role == "assistant":
+            parts: list[str | Image.Image] = []
+        elif isinstance(content, str):
+            parts = [content]
+        elif isinstance(content, list):
+            parts = [_parse_part(part, f"{where}.content[{j}]") for j, part in enumerate(content)]
+        else:
+            raise BadInputError(f"{where}.content is not a string or a list of parts; send text or parts.")
+        parsed.append(ChatMessage(role, tuple(parts)))
+    return parsed
+
+
+def _parse_part(part: Any, where: str) -> str | Image.Image:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text" and isinstance(part.get("text"), str):
+        return part["text"]
+    if kind == "image_url":
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        if isinstance(url, str):
+            return decode_image_url(url, f"{where}.image_url.url")
+    raise BadInputError(f"{where} is not a text part or an image_url part; send "
+                        "{'type': 'text', 'text': ...} or {'type': 'image_url', 'image_url': {'url': ...}}.")
+
+
+_DATA_URL = re.compile(r"data:image/(png|jpeg|jpg|webp);base64,(.*)", re.DOTALL)
+
+
+def decode_image_url(url: str, where: str = "image_url") -> Image.Image:
+    """The RGB image inside a base64 data URL (png, jpeg, webp); web addresses are refused, nothing downloads."""
+    if url.startswith(("http://", "https://")):
+        raise BadInputError(f"{where} is a web address ({url[:60]}); this server cannot download, so send the "
+                            "image inline as a data:image/png;base64 URL.")
+    match = _DATA_URL.fullmatch(url)
+    if match is None:
+        raise BadInputError(f"{where} is not a base64 image data URL ({url[:40]!r}); send "
+                            "data:image/png;base64,... (png, jpeg or webp).")
+    try:
+        data = base64.b64decode(match[2], validate=True)
+    except binascii.Error:
+        raise BadInputError(f"{where} holds invalid base64; encode the image bytes with standard base64.") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
+    except Exception as exc:  # PIL signals broken files with many exception types (OSError, SyntaxError, ...)
+        raise BadInputError(f"{where} does not hold a readable {match[1]} image ({exc}); send a valid image "
+                            "file's bytes.") from None
+
+
+def create_app(backend: PolicyBackend, *, record: Path | None = None) -> FastAPI:
+    """The FastAPI app serving `backend` at /v1/models, /v1/chat/completions and /healthz."""
+    if record is not None and not Path(record).parent.is_dir():
+        raise BadInputError(f"record file {record} is in a folder that does not exist; create it or record elsewhere.")
+    app = FastAPI(title="pagelens policy server")
+    started = int(time.time())
+    record_lock = threading.Lock()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok", "model": backend.name}
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        return {"object": "list",
+                "data": [{"id": backend.name, "object": "model", "created": started, "owned_by": "pagelens"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "the request body is not valid JSON; send a JSON chat-completions request.")
+        if record is not None:
+            with record_lock, open(record, "a") as out:
+                out.write(json.dumps(body) + "\n")
+        try:
+            chat = parse_chat_request(body)
+            if chat.model != backend.name:
+                return _error(404, f"model {chat.model!r} is not served here; use {backend.name!r}.",
+                              "not_found_error", "model", "model_not_found")
+            if chat.stream:
+                items = await run_in_threadpool(backend.stream, chat.messages, chat.params)
+                return StreamingResponse(_sse(_chunks(chat, backend.name, items)), media_type="text/event-stream")
+            generation = await run_in_threadpool(backend.generate, chat.messages, chat.params)
+        except BadInputError as exc:
+            return _error(400, str(exc))
+        except ScriptExhaustedError as exc:
+            return _error(503, str(exc), "service_unavailable_error")
+        except Exception as exc:
+            traceback.print_exc()
+            return _error(500, f"the policy backend failed ({exc}); see the server log.", "internal_error")
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": backend.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": generation.text},
+                         "logprobs": _logprobs(generation) if chat.logprobs else None,
+                         "finish_reason": generation.finish_reason}],
+            "usage": _usage(generation),
+        }
+
+    return app
+
+
+def _chunks(chat: ChatRequest, model: str, items: Iterator[str | Generation]) -> Iterator[dict]:
+    """chat.completion.chunk objects: the role, the deltas, the finish (with logprobs), then usage if asked."""
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model, **({"usage": None} if chat.include_usage else {})}
+
+    def chunk(delta: dict, finish: str | None = None, logprobs: dict | None = None) -> dict:
+        return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        for item in items:
+            if isinstance(item, Generation):
+                final = item
+            elif item:
+                yield chunk({"content": item})
+    except Exception as exc:  # the status line is already sent: report in the stream, as vLLM does
+        traceback.print_exc()
+        yield {"error": {"message": f"the policy backend failed ({exc}); see the server log.",
+                         "type": "internal_error", "param": None, "code": None}}
+        return
+    # logprobs come whole with the finish: deltas are cut at characters, tokens are not
+    yield chunk({}, final.finish_reason, _logprobs(final) if chat.logprobs else None)
+    if chat.include_usage:
+        yield {**head, "choices": [], "usage": _usage(final)}
+
+
+def _sse(chunks: Iterator[dict]) -> Iterator[str]:
+    for chunk in chunks:
+        yield f"data: {json.dumps(chunk)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _logprobs(generation: Generation) -> dict | None:
+    if generation.logprobs is None:
+        return None
+    return {"content": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.raw), "top_logprobs": []}
+                        for t in generation.logprobs]}
+
+
+def _usage(generation: Generation) -> dict | None:
+    if generation.prompt_tokens is None or generation.completion_tokens is None:
+        return None
+    return {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
+            "total_tokens": generation.prompt_tokens + generation.completion_tokens}
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
+
+
+def run_policy_server(backend_name: str, model: str | None, script: Path | None, host: str = "127.0.0.1",
+                      port: int = 8000, device: str = "auto", served_model_name: str | None = None,
+                      record: Path | None = None, *, min_pixels: int = MIN_PIXELS,
+                      max_pixels: int = MAX_PIXELS) -> None:
+    """Load the backend and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    backend = make_backend(backend_name, model, script, device=device, served_model_name=served_model_name,
+                           min_pixels=min_pixels, max_pixels=max_pixels)
+    print(f"pagelens policy server: {backend_name} backend, model {backend.name!r}, at http://{host}:{port}/v1",
+          file=sys.stderr, flush=True)
+    uvicorn.run(create_app(backend, record=record), host=host, port=port, log_level="warning")
+
