@@ -18,7 +18,8 @@ EXIT_NO_ANSWER = 3
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pagelens",
-        description="Index page images (PDFs, scans, photos, office files), search them, crop and zoom into them.",
+        description="Index page images (PDFs, scans, photos, office files), search them, crop and zoom into them, "
+                    "and answer questions over them with citations; serve the agent and its tools.",
     )
     parser.add_argument("--version", action="version", version=f"pagelens {__version__}")
     parser.add_argument("--home", type=Path, help="the store folder (default: $PAGELENS_HOME or ./.pagelens)")
@@ -105,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("mcp-config", help="print the claude_desktop_config.json entry that runs `pagelens serve mcp`")
 
-    p = sub.add_parser("demo", help="index the bundled sample corpus, ask its questions, write crops and a trace")
+    p = sub.add_parser("demo",
+                       help="index the bundled sample corpus, search and ask its questions, write a trace of each")
     return parser
 
 

@@ -133,7 +133,8 @@ def test_run_vllm_forwards_signals_and_waits(tmp_path, signum):
                 "shutil.which = lambda name: '/usr/local/bin/' + name  # pretend vLLM is installed\n"
                 "from pagelens.servers.vllm_launcher import run_vllm\n"
                 f"sys.exit(run_vllm([sys.executable, '-c', {server!r}]))\n")
-    process = subprocess.Popen([sys.executable, "-c", launcher])
+    # cwd outside the repo: from its root, `import pagelens` would find the source folder, not the installed package.
+    process = subprocess.Popen([sys.executable, "-c", launcher], cwd=tmp_path)
     deadline = time.monotonic() + 30
     while not ready.exists():
         assert process.poll() is None and time.monotonic() < deadline, "the stand-in server did not start"
