@@ -71,11 +71,13 @@ class Agent:
     """Runs questions through the graph with one store, one policy and one protocol.
 
     Without a checkpointer every run starts a fresh conversation; with one, runs given the same `thread_id`
-    continue it (the follow-up sees the earlier messages and images).
+    continue it (the follow-up sees the earlier messages and images). Agents on one store may share a retriever
+    and `pages` (the page image caches).
     """
 
     def __init__(self, store: PageStore, policy: Policy, settings: AgentSettings | None = None, *,
-                 retriever: Retriever | None = None, checkpointer: BaseCheckpointSaver | None = None):
+                 retriever: Retriever | None = None, checkpointer: BaseCheckpointSaver | None = None,
+                 pages: PageImages | None = None):
         self.settings = settings or AgentSettings()
         self.policy = policy
         self.context = AgentContext(
@@ -84,7 +86,7 @@ class Agent:
             policy=policy,
             settings=self.settings,
             protocol=load_protocol(self.settings),
-            pages=PageImages(store),
+            pages=pages or PageImages(store),
         )
         self.checkpointer = checkpointer
         self.graph = build_graph(checkpointer)

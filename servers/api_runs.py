@@ -26,6 +26,7 @@ from dataclasses import replace
 
 from pagelens.errors import BadInputError
 from pagelens.graph.build import Agent
+from pagelens.graph.images import PageImages
 from pagelens.graph.policies import make_policy
 from pagelens.graph.run import RunResult, Step
 from pagelens.graph.settings import PROTOCOLS
@@ -122,10 +123,11 @@ class AgentService:
             if not self.page_count:
                 raise BadInputError(f"the store {self.store.home} has no pages; index some first: "
                                     "pagelens index PATH…")
-            retriever = Retriever(self.store)
+            retriever, pages = Retriever(self.store), PageImages(self.store)
             policy = make_policy(settings.policy)
+            # One retriever and one page cache for every protocol's agent: memory for the pages is paid once.
             self.agents = {protocol: Agent(self.store, policy, replace(settings.agent, protocol=protocol),
-                                           retriever=retriever) for protocol in PROTOCOLS}
+                                           retriever=retriever, pages=pages) for protocol in PROTOCOLS}
             # Load the embedder and the search index now, so the first requests do not all wait on them.
             retriever.search("warm up", k=1)
         except BaseException:
