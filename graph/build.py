@@ -141,8 +141,7 @@ class Agent:
                 final = update
             elif on_step is not None and "steps" in update:
                 for step in update["steps"][seen_steps:]:
-                    on_step(Step(step["turn"], step["kind"], step["text"], step["detail"], tuple(step["images"]),
-                                 step["seconds"]))
+                    on_step(Step.from_dict(step))
                 seen_steps = len(update["steps"])
         return self._result(final, thread_id)
 
@@ -153,8 +152,7 @@ class Agent:
             image = images[item["image"] - 1]
             evidence.append(Evidence(image.index, image.page_id, image.document, image.page_number, image.region,
                                      item["text"]))
-        steps = tuple(Step(s["turn"], s["kind"], s["text"], s["detail"], tuple(s["images"]), s["seconds"])
-                      for s in state["steps"])
+        steps = tuple(Step.from_dict(step) for step in state["steps"])
         return RunResult(
             question=state["question"],
             answer=state["answer"],

@@ -54,6 +54,10 @@ class Step:
         return {"turn": self.turn, "kind": self.kind, "text": self.text, "detail": self.detail,
                 "images": list(self.images), "seconds": round(self.seconds, 4)}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Step:
+        return cls(data["turn"], data["kind"], data["text"], data["detail"], tuple(data["images"]), data["seconds"])
+
 
 @dataclass(frozen=True)
 class RunResult:

@@ -6,10 +6,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from PIL import Image
+
 from pagelens.graph.run import RunResult, Step
 from pagelens.servers.cli import print_json
-from pagelens.tools.corpus.store import PageStore
-from pagelens.tools.imagefiles import load_page_image
 
 
 def describe(step: Step) -> str:
@@ -41,23 +41,20 @@ def step_printer(quiet: bool) -> Callable[[Step], None] | None:
     return lambda step: print(describe(step), file=sys.stderr, flush=True)
 
 
-def page_image_loader(store: PageStore) -> Callable[[str], object]:
-    return lambda page_id: load_page_image(store.page(page_id).image_path)
-
-
-def write_outputs(result: RunResult, store: PageStore, *, trace: Path | None, trajectory: Path | None,
-                  quiet: bool = False, gold: dict | None = None) -> None:
-    """Write the HTML trace and append to the trajectory file, when asked for."""
+def write_outputs(result: RunResult, page_image: Callable[[str], Image.Image], *, trace: Path | None,
+                  trajectory: Path | None, quiet: bool = False, gold: dict | None = None) -> None:
+    """Write the HTML trace and append to the trajectory file, when asked for; `page_image(page_id)` is the full
+    page image (the agent's `context.pages.page`, which has it cached)."""
     if trace is not None:
         from pagelens.graph.trace import write_trace
 
-        write_trace(result, page_image_loader(store), trace)
+        write_trace(result, page_image, trace)
         if not quiet:
             print(f"trace: {trace}", file=sys.stderr)
     if trajectory is not None:
         from pagelens.graph.trajectory import append_trajectory
 
-        append_trajectory(result, page_image_loader(store), trajectory, gold=gold)
+        append_trajectory(result, page_image, trajectory, gold=gold)
         if not quiet:
             print(f"trajectory: appended to {trajectory}", file=sys.stderr)
 

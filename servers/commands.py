@@ -143,7 +143,8 @@ def ask(args: argparse.Namespace) -> int:
         agent = Agent(store, make_policy(settings.policy), settings.agent,
                       checkpointer=sqlite_checkpointer(settings.store.home))
         result = agent.ask(args.question, thread_id=args.thread, on_step=step_printer(args.quiet))
-        write_outputs(result, store, trace=args.trace, trajectory=args.trajectory, quiet=args.quiet)
+        write_outputs(result, agent.context.pages.page, trace=args.trace, trajectory=args.trajectory,
+                      quiet=args.quiet)
     print_result(result, as_json=args.json)
     return 0 if result.answer is not None else EXIT_NO_ANSWER
 

@@ -49,7 +49,7 @@ def run_demo(store: PageStore, *, quiet: bool = False) -> int:
         first += ranks == [1]
         result = agent.ask(question["question"])
         trace = out_dir / f"{question['id']}-trace.html"
-        write_outputs(result, store, trace=trace, trajectory=None, quiet=True)
+        write_outputs(result, agent.context.pages.page, trace=trace, trajectory=None, quiet=True)
         # EVisRAG's accuracy (SPEC §5): every gold token appears in the answer.
         is_correct = answer_tokens(question["answer"]) <= answer_tokens(result.answer or "")
         cites = any(e.document == question["document"] and e.page_number == question["page"]

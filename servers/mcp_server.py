@@ -44,9 +44,10 @@ INSTRUCTIONS = (
 )
 
 
-def build_server(settings: Settings) -> MCPServer[PageLensContext]:
+def build_server(settings: Settings, store: PageStore | None = None) -> MCPServer[PageLensContext]:
     """The MCP server over the store `settings` name. Its lifespan (entered when it starts serving, or when an
-    in-process `Client` connects) opens the store, the retriever and the agent that every tool call shares."""
+    in-process `Client` connects) sets up the retriever and the agent that every tool call shares, on `store` when
+    given (the caller closes it), else on a store it opens and closes itself."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer[PageLensContext]) -> AsyncIterator[PageLensContext]:
@@ -55,13 +56,11 @@ def build_server(settings: Settings) -> MCPServer[PageLensContext]:
         from pagelens.graph.policies import make_policy
         from pagelens.tools.retrieval.search import Retriever
 
-        store = PageStore(settings.store, settings.retrieval)
-        try:
-            retriever = Retriever(store)
-            agent = Agent(store, make_policy(settings.policy), settings.agent, retriever=retriever)
-            yield PageLensContext(store, retriever, agent, settings.serving)
-        finally:
-            store.close()
+        with contextlib.ExitStack() as owned:
+            opened = store or owned.enter_context(PageStore(settings.store, settings.retrieval))
+            retriever = Retriever(opened)
+            agent = Agent(opened, make_policy(settings.policy), settings.agent, retriever=retriever)
+            yield PageLensContext(opened, retriever, agent, settings.serving)
 
     # WARNING: the SDK logs every request at INFO, which would bury a desktop assistant's server log.
     server: MCPServer[PageLensContext] = MCPServer("pagelens", version=__version__, instructions=INSTRUCTIONS,
@@ -77,25 +76,26 @@ def run_mcp_server(settings: Settings, *, transport: Literal["stdio", "http"] = 
     """Serve until the client closes stdin (stdio) or the process is stopped (HTTP, at http://host:port/mcp)."""
     if transport not in ("stdio", "http"):
         raise BadInputError(f"transport {transport!r} is unknown; use 'stdio' or 'http'.")
-    # Opening the store once first turns a store that cannot be opened (held by another process, built with other
-    # settings) into one clear error and exit status 2, not a traceback from inside the transport. Anything printed
-    # meanwhile goes to stderr: on stdio, stdout is the protocol's.
+    # Opening the store before serving turns a store that cannot be opened (held by another process, built with
+    # other settings) into one clear error and exit status 2, not a traceback from inside the transport. Anything
+    # printed meanwhile goes to stderr: on stdio, stdout is the protocol's.
     with contextlib.redirect_stdout(sys.stderr):
-        PageStore(settings.store, settings.retrieval).close()
-    server = build_server(settings)
-    home = settings.store.home.resolve()
-    if transport == "stdio":
-        print(f"pagelens MCP server on stdio, store {home}", file=sys.stderr, flush=True)
-        server.run("stdio")
-        return
-    import uvicorn
+        store = PageStore(settings.store, settings.retrieval)
+    with store:
+        server = build_server(settings, store)
+        if transport == "stdio":
+            print(f"pagelens MCP server on stdio, store {store.home}", file=sys.stderr, flush=True)
+            server.run("stdio")
+            return
+        import uvicorn
 
-    app: ASGIApp = server.streamable_http_app(transport_security=transport_security(host, settings.serving.origins))
-    if settings.serving.mcp_token:
-        app = RequireBearerToken(app, settings.serving.mcp_token)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"pagelens MCP server on http://{shown}:{port}/mcp, store {home}", file=sys.stderr, flush=True)
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+        app: ASGIApp = server.streamable_http_app(
+            transport_security=transport_security(host, settings.serving.origins))
+        if settings.serving.mcp_token:
+            app = RequireBearerToken(app, settings.serving.mcp_token)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"pagelens MCP server on http://{shown}:{port}/mcp, store {store.home}", file=sys.stderr, flush=True)
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
 
 
 def transport_security(host: str, origins: Sequence[str]) -> TransportSecuritySettings:

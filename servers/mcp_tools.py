@@ -59,8 +59,8 @@ class PageLensContext:
     agent: Agent
     serving: ServingSettings
     lock: threading.Lock = field(default_factory=threading.Lock)
-    """Serialises tool calls on the store (its SQLite catalogue and search cache serve one thread at a time); `ask`
-    holds it for its whole run."""
+    """Serialises tool calls on the store; `ask` holds it for its whole run. The store itself serves several
+    threads at once (the agent API relies on that), so this is a choice of one call at a time, not a need."""
 
 
 # -- what the tools return ------------------------------------------------------------------------------------------

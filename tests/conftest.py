@@ -107,11 +107,12 @@ def sample_copy(sample_home, tmp_path) -> Path:
 
 
 @contextlib.contextmanager
-def _serve(folder: Path, *args: str) -> Iterator[str]:
-    """`pagelens serve policy ARGS` in a real subprocess on a free loopback port; yields its base URL (no /v1)
-    once /healthz answers, and checks its log has no traceback when it stops."""
+def _serve(folder: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`pagelens serve ARGS` (policy, mcp, …) in a real subprocess on a free loopback port, run in `folder`; yields
+    its base URL once it answers HTTP, and checks its log has no traceback when it stops."""
     import socket
     import time
+    import urllib.error
     import urllib.request
 
     with socket.socket() as probe:
@@ -120,21 +121,24 @@ def _serve(folder: Path, *args: str) -> Iterator[str]:
     # The log goes to a file, not a pipe nobody drains: a chatty server must never block on a full pipe.
     log = folder / f"server-{port}.log"
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pagelens", "serve", "policy", "--port", str(port), *args],
-                                cwd=folder, stdout=err, stderr=err, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.Popen([sys.executable, "-m", "pagelens", "serve", *args, "--port", str(port)],
+                                cwd=folder, stdout=err, stderr=err,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"the policy server exited {proc.returncode}:\n{log.read_text()}")
+                pytest.fail(f"the server exited {proc.returncode}:\n{log.read_text()}")
             try:
                 urllib.request.urlopen(f"{url}/healthz", timeout=1)
                 break
+            except urllib.error.HTTPError:
+                break  # any HTTP answer (an MCP server has no /healthz) means it is serving
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"the policy server did not answer in 120 s:\n{log.read_text()}")
+                pytest.fail(f"the server did not answer in 120 s:\n{log.read_text()}")
             time.sleep(0.2)
         yield url
     finally:
@@ -144,8 +148,8 @@ def _serve(folder: Path, *args: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def serve_policy():
-    """The `_serve` context manager: `with serve_policy(folder, "--backend", …) as url:`."""
+def pagelens_server():
+    """The `_serve` context manager: `with pagelens_server(folder, "policy", "--backend", …) as url:`."""
     return _serve
 
 
@@ -167,6 +171,6 @@ def policy_server(tmp_path):
                 script = tmp_path / f"script-{len(stack._exit_callbacks)}.json"
                 script.write_text(json.dumps(replies))
                 args += ["--backend", "replay", "--script", str(script)]
-            return stack.enter_context(_serve(tmp_path, *args)) + "/v1", record
+            return stack.enter_context(_serve(tmp_path, "policy", *args)) + "/v1", record
 
         yield start

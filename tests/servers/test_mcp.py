@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from io import BytesIO
@@ -156,35 +153,14 @@ async def test_index_while_serving_names_the_server_and_leaves_the_store(stdio, 
 
 # -- over streamable HTTP -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def http_server(sample_home, tmp_path_factory) -> Iterator[str]:
+def http_server(sample_home, tmp_path_factory, pagelens_server) -> Iterator[str]:
     """`pagelens serve mcp --transport http` with a bearer token and one extra allowed origin; yields its /mcp URL."""
     folder = tmp_path_factory.mktemp("mcp-http")
     home = _copy(sample_home, folder)
     (folder / "pagelens.toml").write_text('[serving]\nallowed_origins = "https://app.example.com"\n')
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = folder / "server.log"
-    env = {**os.environ, "PAGELENS_HOME": str(home), "PAGELENS_MCP_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pagelens", "serve", "mcp", "--transport", "http", "--port",
-                                 str(port)], cwd=folder, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}/mcp"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-    assert "Traceback" not in log.read_text(), log.read_text()
+    env = {"PAGELENS_HOME": str(home), "PAGELENS_MCP_TOKEN": TOKEN}
+    with pagelens_server(folder, "mcp", "--transport", "http", env=env) as url:
+        yield f"{url}/mcp"
 
 
 def _initialize(url: str, headers: dict[str, str]) -> httpx.Response:

@@ -89,9 +89,9 @@ def test_small_vocabulary_builds_without_the_qwen_package(tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="module")
-def policy(tiny_qwen, tmp_path_factory, serve_policy):
-    with serve_policy(tmp_path_factory.mktemp("policy"), "--backend", "transformers", "--model", str(tiny_qwen),
-               "--device", "cpu", "--served-model-name", "tiny") as url:
+def policy(tiny_qwen, tmp_path_factory, pagelens_server):
+    with pagelens_server(tmp_path_factory.mktemp("policy"), "policy", "--backend", "transformers", "--model",
+                         str(tiny_qwen), "--device", "cpu", "--served-model-name", "tiny") as url:
         yield url
 
 
@@ -185,11 +185,11 @@ def test_malformed_bodies_are_refused(policy):
 # --- the replay backend ---------------------------------------------------------------------------------------
 
 
-def test_replay_answers_in_order_records_requests_and_runs_out(tmp_path, serve_policy):
+def test_replay_answers_in_order_records_requests_and_runs_out(tmp_path, pagelens_server):
     replies = ["<search>invoice total</search>", "<think>found it</think>\n<answer>42 EUR</answer>"]
     (tmp_path / "script.json").write_text(json.dumps(replies))
     record = tmp_path / "requests.jsonl"
-    with serve_policy(tmp_path, "--backend", "replay", "--script", "script.json", "--record", str(record)) as url:
+    with pagelens_server(tmp_path, "policy", "--backend", "replay", "--script", "script.json", "--record", str(record)) as url:
         api = client(url)
         assert [m.id for m in api.models.list().data] == ["replay"]
         url_sent = data_url(56, 84)
