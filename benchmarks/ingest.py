@@ -4,6 +4,11 @@ Each case indexes into a fresh store (render + text layer or OCR + passages + em
 catalogue commit), with the embedder and the OCR engine loaded beforehand (their one-time load is printed
 separately). Goals: >= 20 pages/s with a text layer; <= 2 s/page for scans.
 
+Beside each text-layer figure it prints what the embedder alone allows: the case's passages embedded again on
+their own (tokens per page, tokens per second, so a ceiling in pages per second for the whole pipeline), and
+the ceiling any implementation of the model has on this machine: the model's matrix-multiply FLOPs per token
+(a lower bound: attention left out) against the measured peak of one large float32 matrix multiply.
+
     python benchmarks/ingest.py
 """
 
@@ -15,6 +20,7 @@ import time
 from pathlib import Path
 
 import pypdfium2 as pdfium
+import torch
 
 from pagelens.tools.corpus.ingest import index_paths
 from pagelens.tools.corpus.store import PageStore, StoreSettings
@@ -35,13 +41,43 @@ def scanned_copy(pdf: Path, out: Path, pages: int) -> Path:
     return out
 
 
-def measure(paths: list[Path], embedder, ocr) -> tuple[int, float]:
-    with tempfile.TemporaryDirectory() as tmp, PageStore(StoreSettings(home=Path(tmp))) as store:
+def measure(paths: list[Path], embedder, ocr) -> tuple[int, float, list[str]]:
+    """Pages indexed, seconds, and the passages the run embedded."""
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp, PageStore(StoreSettings(home=Path(tmp))) as store:
         start = time.perf_counter()
         report = index_paths(store, paths, progress=False, embedder=embedder, ocr=ocr, log=lambda line: None)
         elapsed = time.perf_counter() - start
+        passages = [row.text for row in store.catalog.passages(store.memory_index().pks.tolist()).values()]
     assert not report.failures, report.failures
-    return report.pages_indexed, elapsed
+    return report.pages_indexed, elapsed, passages
+
+
+def gemm_peak_gflops() -> float:
+    """float32 GFLOP/s of a large matrix multiply with every thread torch uses (the machine's practical peak)."""
+    a, b = torch.randn(4096, 384), torch.randn(384, 1536)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(30):
+        a @ b
+    return 2 * 4096 * 384 * 1536 * 30 / (time.perf_counter() - start) / 1e9
+
+
+def matmul_flops_per_token(embedder) -> float:
+    """2 FLOPs per weight of each layer's projections and feed-forward: what one token costs at the least."""
+    config = embedder.model().config
+    hidden, inner = config.hidden_size, config.intermediate_size
+    return 2 * config.num_hidden_layers * (4 * hidden * hidden + 2 * hidden * inner)
+
+
+def embedding_ceiling(embedder, passages: list[str], pages: int) -> tuple[float, float, float]:
+    """(tokens per page, tokens per second embedding alone, pages per second that allows)."""
+    tokens = sum(len(ids) for ids in embedder.tokenizer()(passages, truncation=True,
+                                                           max_length=embedder.max_tokens)["input_ids"])
+    start = time.perf_counter()
+    embedder.embed_passages(passages)
+    rate = tokens / (time.perf_counter() - start)
+    return tokens / pages, rate, rate * pages / tokens
 
 
 def main() -> None:
@@ -60,13 +96,22 @@ def main() -> None:
             ("scanned: dense LaTeX pages", [scanned_copy(REALWORLD / "004-pdflatex-4-pages_pdflatex-4-pages.pdf",
                                                          Path(tmp) / "scan.pdf", 2)]),
         ]
-        print(f"{'case':<38}{'pages':>6}{'seconds':>9}{'pages/s':>9}{'s/page':>8}")
+        peak = gemm_peak_gflops()
+        per_token = matmul_flops_per_token(embedder)
+        print(f"float32 matrix-multiply peak: {peak:.0f} GFLOP/s; {embedder.name}: {per_token / 1e6:.1f} MFLOP a token "
+              f"at least, so at most {peak * 1e9 / per_token:,.0f} tokens/s")
+        print(f"{'case':<38}{'pages':>6}{'seconds':>9}{'pages/s':>9}{'s/page':>8}"
+              f"{'tokens/page':>13}{'embed-only cap':>16}{'FLOP cap':>10}")
         for name, paths in cases:
             if not all(p.exists() for p in paths):
                 print(f"{name:<38} missing input: {[str(p) for p in paths if not p.exists()]}")
                 continue
-            pages, elapsed = measure(paths, embedder, ocr)
-            print(f"{name:<38}{pages:>6}{elapsed:>9.1f}{pages / elapsed:>9.1f}{elapsed / pages:>8.2f}")
+            pages, elapsed, passages = measure(paths, embedder, ocr)
+            line = f"{name:<38}{pages:>6}{elapsed:>9.1f}{pages / elapsed:>9.1f}{elapsed / pages:>8.2f}"
+            if name.startswith("text layer"):
+                per_page, _, cap = embedding_ceiling(embedder, passages, pages)
+                line += f"{per_page:>13.0f}{cap:>12.1f} p/s{peak * 1e9 / per_token / per_page:>6.1f} p/s"
+            print(line)
     print("goals: >= 20 pages/s with a text layer; <= 2 s/page for scans")
 
 

@@ -14,6 +14,7 @@ from pagelens.tools.corpus.text import (
     OcrEngine,
     page_text,
     pdf_text_lines,
+    rapidocr,
     visible_char_count,
 )
 from pagelens.tools.pages import Box, TextLine
@@ -149,6 +150,24 @@ def test_ocr_reads_drawn_words_where_they_were_drawn(capsys: pytest.CaptureFixtu
         assert abs(line.box.x1 - x1) < 15 and abs(line.box.x2 - x2) < 15
         assert line.box.y1 < (y1 + y2) / 2 < line.box.y2
         assert 0.5 < line.confidence <= 1.0
+
+
+@pytest.mark.slow
+def test_openvino_reads_what_rapidocr_reads(sample: Path) -> None:
+    pdf = pypdfium2.PdfDocument(sample / "memo_relocation_scan.pdf")
+    try:
+        image = pdf[0].render(scale=2).to_pil().convert("RGB")
+    finally:
+        pdf.close()
+
+    ours = OcrEngine(threads=2).lines(image)
+    shipped, _ = rapidocr(threads=2)(image)
+
+    assert len(ours) >= 15
+    assert [line.text for line in ours] == [" ".join(text.split()) for _, text, _ in shipped]
+    for line, (points, _, score) in zip(ours, shipped):
+        assert abs(line.box.x1 - min(x for x, _ in points)) <= 2 and abs(line.box.y2 - max(y for _, y in points)) <= 2
+        assert abs(line.confidence - score) < 0.01
 
 
 def test_two_column_pages_read_column_by_column(realworld: Path) -> None:

@@ -49,6 +49,7 @@ CREATE INDEX IF NOT EXISTS passages_by_page ON passages(page_id);
 CREATE TABLE IF NOT EXISTS term_counts (term INTEGER PRIMARY KEY, df INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (document_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS changes (generation INTEGER PRIMARY KEY, document_id TEXT NOT NULL);
 """
 
 
@@ -113,11 +114,27 @@ class Catalog:
         row = self._db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
         return int(row[0]) if row else 0
 
-    def _bump(self, db: sqlite3.Connection) -> None:
+    def _bump(self, db: sqlite3.Connection, document_id: str) -> None:
         db.execute(
             "INSERT INTO meta(key, value) VALUES('generation', '1') "
             "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
         )
+        generation = int(db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+        db.execute("INSERT INTO changes(generation, document_id) VALUES(?, ?)", (generation, document_id))
+
+    def changed_since(self, generation: int) -> set[str] | None:
+        """The documents committed or deleted after `generation`, or None when the change log no longer
+        reaches back that far (it is trimmed by `forget_changes`, and stores made before it have none)."""
+        with self.transaction() as db:
+            current = self.generation()
+            rows = db.execute("SELECT document_id FROM changes WHERE generation > ?", (generation,)).fetchall()
+        if current < generation or len(rows) != current - generation:
+            return None
+        return {row[0] for row in rows}
+
+    def forget_changes(self, through: int) -> None:
+        """Trim the change log up to a generation that derived copies no longer need to catch up from."""
+        self._db.execute("DELETE FROM changes WHERE generation <= ?", (through,))
 
     # -- reads ----------------------------------------------------------------------------------------
     def document(self, document_id: str) -> tuple | None:
@@ -240,12 +257,12 @@ class Catalog:
                 [(path, document_id) for path in {*kept, source}],
             )
             db.execute("DELETE FROM pending WHERE document_id=?", (document_id,))
-            self._bump(db)
+            self._bump(db, document_id)
 
     def delete_document(self, document_id: str) -> None:
         with self.transaction() as db:
             self._delete_document(db, document_id)
-            self._bump(db)
+            self._bump(db, document_id)
 
     def drop_source(self, path: str) -> str | None:
         """Forget one path; return the document it pointed to if that document now has no path left."""

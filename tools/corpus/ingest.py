@@ -1,12 +1,12 @@
 """`pagelens index`: files to stored pages, text and vectors, resumable and atomic per document.
 
 For each document: mark it pending, render and store its page images, take each page's text (the PDF text
-layer, or OCR when a page has fewer than 20 visible characters), cut it into passages, embed them in bounded
-batches and write them to Milvus as they come, then commit the document and its pages to the catalogue in one
+layer, or OCR when a page has fewer than 20 visible characters), cut it into passages, embed them page by page
+and write them to Milvus in bounded batches, then commit the document and its pages to the catalogue in one
 transaction. A run killed anywhere leaves either the committed document or a pending one whose vectors and
 images the next open deletes, so running again converges on the state of an uninterrupted run.
 
-Rendering and text extraction run on a worker thread (PDFium and ONNX Runtime release the GIL) while the main
+Rendering and text extraction run on a worker thread (PDFium, Pillow and OpenVINO release the GIL) while the main
 thread embeds, so both cores work.
 """
 
@@ -34,7 +34,7 @@ from pagelens.tools.retrieval.lexical import passage_vector
 from pagelens.tools.retrieval.passages import split_passages
 from pagelens.tools.retrieval.vectors import VectorRow
 
-EMBED_BATCH = 64
+WRITE_BATCH = 256
 T = TypeVar("T")
 
 
@@ -153,16 +153,7 @@ def _store_pages(store: PageStore, source: SourceFile, document_id: str, dpi: in
                  embedder: TextEmbedder, ocr: OcrEngine, bar: tqdm) -> tuple[list[NewPage], list[PassageRow]]:
     pages: list[NewPage] = []
     passages: list[PassageRow] = []
-    pending: list[tuple[PassageRow, dict[int, float]]] = []
-
-    def flush_batch() -> None:
-        if pending:
-            dense = embedder.embed_passages([row.text for row, _ in pending])
-            store.vectors.insert([
-                VectorRow(row.pk, row.page_id, document_id, vec, weights)
-                for (row, weights), vec in zip(pending, dense)
-            ])
-            pending.clear()
+    unwritten: list[VectorRow] = []
 
     def produce() -> Iterator[_PageWork]:
         for rendered in render_pages(source, dpi, password):
@@ -185,17 +176,24 @@ def _store_pages(store: PageStore, source: SourceFile, document_id: str, dpi: in
         page_id = page_id_for(document_id, work.page_number)
         pages.append(NewPage(page_id, work.page_number, work.width, work.height, work.text_source, work.lines))
         texts = split_passages(page_text(work.lines).splitlines(), count_tokens, store.retrieval.passage_tokens)
+        rows = []
         for j, text in enumerate(texts):
             weights = passage_vector(text)
-            if not weights:  # nothing a search could match; Milvus also refuses an empty sparse vector
-                continue
-            row = PassageRow(f"{page_id}:{j}", page_id, text, tuple(weights))
-            passages.append(row)
-            pending.append((row, weights))
-        if len(pending) >= EMBED_BATCH:
-            flush_batch()
+            if weights:  # else nothing a search could match; Milvus also refuses an empty sparse vector
+                rows.append((PassageRow(f"{page_id}:{j}", page_id, text, tuple(weights)), weights))
+        if rows:
+            # Embedding each page as it arrives keeps the worker rendering the next ones meanwhile; Milvus
+            # writes are batched, as each call has a fixed cost.
+            dense = embedder.embed_passages([row.text for row, _ in rows])
+            passages += [row for row, _ in rows]
+            unwritten += [VectorRow(row.pk, page_id, document_id, vec, weights)
+                          for (row, weights), vec in zip(rows, dense)]
+        if len(unwritten) >= WRITE_BATCH:
+            store.vectors.insert(unwritten)
+            unwritten = []
         bar.set_postfix_str(f"{source.name} p{work.page_number}")
-    flush_batch()
+    if unwritten:
+        store.vectors.insert(unwritten)
     return pages, passages
 
 

@@ -240,14 +240,23 @@ class PageStore:
         return mode == "on" or (mode == "auto" and self.settings.uses_milvus_lite)
 
     def memory_index(self) -> MemoryIndex:
-        """The exact search cache for the catalogue's current generation, loaded or rebuilt as needed."""
+        """The exact search cache for the catalogue's current generation: loaded, caught up with the documents
+        changed since it was saved, or rebuilt from every row."""
         with self._cache_lock:
             generation = self.catalog.generation()
-            if self._cache is None or self._cache.generation != generation:
-                folder = self.home / "cache"
-                cache = MemoryIndex.load(folder, generation)
-                if cache is None:
+            cache = self._cache
+            if cache is not None and cache.generation == generation:
+                return cache
+            folder = self.home / "cache"
+            cache = cache or MemoryIndex.load(folder)
+            if cache is None or cache.generation != generation:
+                changed = None if cache is None else self.catalog.changed_since(cache.generation)
+                if changed is None:
                     cache = MemoryIndex.build(generation, self.vectors.rows(), self.vectors.dim)
-                    cache.save(folder)
-                self._cache = cache
-            return self._cache
+                else:
+                    present = [d for d in sorted(changed) if self.catalog.document(d) is not None]
+                    cache = cache.update(generation, changed, self.vectors.rows(present) if present else [])
+                cache.save(folder)
+                self.catalog.forget_changes(generation)
+            self._cache = cache
+            return cache

@@ -8,7 +8,9 @@ with a document filter scans every row of the filtered documents exactly. Lexica
 exact: a sparse column sum over the query's terms.
 
 Milvus stays the store of record: this copy is derived from it, saved beside it (`cache/`, memory-mapped on
-open) and stamped with the catalogue's generation, so a stale or missing copy is rebuilt rather than trusted.
+open) and stamped with the catalogue's generation. A stale copy catches up by re-reading from Milvus only the
+documents the catalogue's change log names since its generation; a missing one, or one older than the log
+reaches, is rebuilt from every row.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,29 +49,31 @@ class MemoryIndex:
 
     @classmethod
     def build(cls, generation: int, batches: Iterable[list[VectorRow]], dim: int) -> MemoryIndex:
-        pks, page_ids, doc_ids, dense = [], [], [], []
-        rows, terms, weights = [], [], []
-        for batch in batches:
-            for row in batch:
-                i = len(pks)
-                pks.append(row.pk)
-                page_ids.append(row.page_id)
-                doc_ids.append(row.document_id)
-                dense.append(row.dense)
-                rows.extend([i] * len(row.sparse))
-                terms.extend(row.sparse.keys())
-                weights.extend(row.sparse.values())
-        matrix = np.vstack(dense).astype(np.float32) if dense else np.zeros((0, dim), np.float32)
-        term_columns, cols = np.unique(np.asarray(terms, dtype=np.int64), return_inverse=True)
-        lexical = sp.csr_matrix(
-            (np.asarray(weights, np.float32), (np.asarray(rows, np.int64), cols)),
-            shape=(len(pks), len(term_columns)),
-        )
-        centroids, order, offsets = _partition(matrix)
-        documents, codes = np.unique(np.asarray(doc_ids, dtype=str), return_inverse=True)
-        return cls(generation, np.asarray(pks, dtype=str)[order], np.asarray(page_ids, dtype=str)[order],
-                   documents, codes[order], np.ascontiguousarray(matrix[order]),
-                   lexical[order].tocsc(), term_columns, centroids, offsets)
+        return cls._assemble(generation, _Rows.read(batches, dim), None)
+
+    def update(self, generation: int, changed: set[str], batches: Iterable[list[VectorRow]]) -> MemoryIndex:
+        """This index with the rows of the `changed` documents replaced by `batches` (their rows now, if any).
+
+        The IVF lists keep their centroids while the row count stays within half to twice what they were
+        trained on (lists are about sqrt(rows) long), so an update costs a copy of the arrays, not a k-means.
+        """
+        kept = np.flatnonzero(~np.isin(self.document_codes, np.flatnonzero(np.isin(self.documents, list(changed)))))
+        lexical = self.lexical.tocsr()[kept].tocoo()
+        rows = _Rows(self.pks[kept], self.page_ids[kept], self.documents[self.document_codes[kept]],
+                     np.asarray(self.dense[kept]), lexical.row, self.term_columns[lexical.col], lexical.data)
+        rows = rows.concat(_Rows.read(batches, self.dense.shape[1]))
+        trained = len(self.centroids) ** 2
+        centroids = self.centroids if trained and trained / 2 <= len(rows.pks) <= 2 * trained else None
+        return self._assemble(generation, rows, centroids)
+
+    @classmethod
+    def _assemble(cls, generation: int, rows: _Rows, centroids: np.ndarray | None) -> MemoryIndex:
+        term_columns, cols = np.unique(rows.terms, return_inverse=True)
+        lexical = sp.csr_matrix((rows.weights, (rows.lexical_rows, cols)), shape=(len(rows.pks), len(term_columns)))
+        centroids, order, offsets = _partition(rows.dense, centroids)
+        documents, codes = np.unique(rows.documents, return_inverse=True)
+        return cls(generation, rows.pks[order], rows.page_ids[order], documents, codes[order],
+                   np.ascontiguousarray(rows.dense[order]), lexical[order].tocsc(), term_columns, centroids, offsets)
 
     def save(self, folder: Path) -> None:
         """Write atomically: a new folder beside the old, swapped in by rename."""
@@ -89,11 +94,10 @@ class MemoryIndex:
         shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
-    def load(cls, folder: Path, generation: int) -> MemoryIndex | None:
-        """The saved copy if it is complete and of this generation, else None."""
+    def load(cls, folder: Path) -> MemoryIndex | None:
+        """The saved copy, whatever its generation, if it is complete; else None."""
         try:
-            if json.loads((folder / "generation.json").read_text())["generation"] != generation:
-                return None
+            generation = json.loads((folder / "generation.json").read_text())["generation"]
             rows = np.load(folder / "rows.npz")
             return cls(generation, rows["pks"], rows["page_ids"], rows["documents"], rows["document_codes"],
                        np.load(folder / "dense.npy", mmap_mode="r"), sp.load_npz(folder / "lexical.npz").tocsc(),
@@ -145,11 +149,58 @@ class MemoryIndex:
         return [VectorHit(str(self.pks[r]), str(self.page_ids[r]), float(s)) for r, s in zip(index, scores[top])]
 
 
-def _partition(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Spherical k-means lists for an IVF scan: (centroids, row order grouped by list, list offsets)."""
+@dataclass
+class _Rows:
+    """Rows as column arrays, with their lexical weights as (row, term id, weight) triplets."""
+
+    pks: np.ndarray
+    page_ids: np.ndarray
+    documents: np.ndarray
+    dense: np.ndarray
+    lexical_rows: np.ndarray
+    terms: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def read(cls, batches: Iterable[list[VectorRow]], dim: int) -> _Rows:
+        pks, page_ids, doc_ids, dense = [], [], [], []
+        rows, terms, weights = [], [], []
+        for batch in batches:
+            for row in batch:
+                rows.extend([len(pks)] * len(row.sparse))
+                pks.append(row.pk)
+                page_ids.append(row.page_id)
+                doc_ids.append(row.document_id)
+                dense.append(row.dense)
+                terms.extend(row.sparse.keys())
+                weights.extend(row.sparse.values())
+        matrix = np.vstack(dense).astype(np.float32) if dense else np.zeros((0, dim), np.float32)
+        return cls(np.asarray(pks, dtype=str), np.asarray(page_ids, dtype=str), np.asarray(doc_ids, dtype=str),
+                   matrix, np.asarray(rows, np.int64), np.asarray(terms, np.int64), np.asarray(weights, np.float32))
+
+    def concat(self, other: _Rows) -> _Rows:
+        return _Rows(np.concatenate([self.pks, other.pks]), np.concatenate([self.page_ids, other.page_ids]),
+                     np.concatenate([self.documents, other.documents]), np.vstack([self.dense, other.dense]),
+                     np.concatenate([self.lexical_rows, other.lexical_rows + len(self.pks)]),
+                     np.concatenate([self.terms, other.terms]), np.concatenate([self.weights, other.weights]))
+
+
+def _partition(matrix: np.ndarray, centroids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IVF lists by spherical k-means (or by nearest of the given centroids): (centroids, row order grouped
+    by list, list offsets)."""
     n, dim = matrix.shape
     if n < IVF_MIN_ROWS:
         return np.zeros((0, dim), np.float32), np.arange(n), np.asarray([0, n])
+    if centroids is None:
+        centroids = _kmeans(matrix)
+    assign = np.concatenate([np.argmax(matrix[s : s + 8192] @ centroids.T, axis=1) for s in range(0, n, 8192)])
+    order = np.argsort(assign, kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=len(centroids)))])
+    return centroids, order, offsets
+
+
+def _kmeans(matrix: np.ndarray) -> np.ndarray:
+    n = len(matrix)
     rng = np.random.default_rng(0)  # a fixed seed: rebuilding the same rows gives the same index
     n_lists = int(np.sqrt(n))
     sample = matrix[rng.choice(n, min(n, KMEANS_SAMPLE), replace=False)]
@@ -161,7 +212,4 @@ def _partition(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         empty = np.bincount(assign, minlength=n_lists) == 0
         sums[empty] = centroids[empty]  # a list that lost every point keeps its centre
         centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    assign = np.concatenate([np.argmax(matrix[s : s + 8192] @ centroids.T, axis=1) for s in range(0, n, 8192)])
-    order = np.argsort(assign, kind="stable")
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=n_lists))])
-    return centroids.astype(np.float32), order, offsets
+    return centroids.astype(np.float32)

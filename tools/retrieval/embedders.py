@@ -63,6 +63,9 @@ class MiniLMEmbedder:
     def tokenizer(self):
         return self._load()[0]
 
+    def model(self):
+        return self._load()[1]
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer()(text, add_special_tokens=False)["input_ids"])
 

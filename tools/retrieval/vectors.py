@@ -116,10 +116,10 @@ class VectorStore:
         )
         return [VectorHit(h["pk"], h["entity"]["page_id"], float(h["distance"])) for h in res[0]]
 
-    def rows(self, batch_size: int = 4000) -> Iterator[list[VectorRow]]:
-        """Every row, in batches (to rebuild the memory index)."""
+    def rows(self, document_ids: list[str] | None = None, batch_size: int = 4000) -> Iterator[list[VectorRow]]:
+        """Every row, or these documents' rows, in batches (to build or update the memory index)."""
         iterator = self._client.query_iterator(
-            COLLECTION, batch_size=batch_size, filter="",
+            COLLECTION, batch_size=batch_size, filter=document_filter(document_ids),
             output_fields=["pk", "page_id", "document_id", "dense", "sparse"],
         )
         try:
