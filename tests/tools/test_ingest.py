@@ -72,6 +72,44 @@ def test_identical_files_are_one_document_with_two_sources(open_store, realworld
     assert len(store.pages()) == 4
 
 
+def test_identical_files_in_one_run_are_indexed_once(open_store, realworld, tmp_path, embedder):
+    docs = tmp_path / "docs"
+    for folder in ("a", "b", "c"):
+        _copy(realworld, docs / folder, TEXT_PDFS[:1])
+    _copy(realworld, docs / "c", TEXT_PDFS[1:])  # a/ and b/ come first: b/ waits while a/ is being indexed
+    store = open_store()
+    report = index_paths(store, [docs], progress=False, embedder=embedder)
+    assert (report.documents_indexed, report.unchanged, report.pages_indexed) == (2, 2, 5)
+    four_pages = store.match_documents("a/*")[0]
+    assert len(four_pages.sources) == 3 and four_pages.page_count == 4
+    assert store.vectors.count() == store.catalog.passage_count()
+    assert store.catalog.pending() == []
+
+
+def test_failures_between_good_files_leave_no_trace(open_store, realworld, tmp_path, embedder):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a_corrupt.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    shutil.copy(realworld / TEXT_PDFS[0], mixed / "b_good.pdf")
+    (mixed / "c_empty.pdf").write_bytes(b"")
+    (mixed / "d_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    shutil.copy(realworld / TEXT_PDFS[1], mixed / "e_good.pdf")
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for name in ("b_good.pdf", "e_good.pdf"):
+        shutil.copy(mixed / name, clean / name)
+
+    with_failures = open_store(tmp_path / "one")
+    report = index_paths(with_failures, [mixed], progress=False, embedder=embedder, log=lambda line: None)
+    without = open_store(tmp_path / "two")
+    index_paths(without, [clean], progress=False, embedder=embedder)
+
+    assert sorted(Path(p).name for p, _ in report.failures) == ["a_corrupt.pdf", "c_empty.pdf", "d_broken.png"]
+    assert (report.documents_indexed, report.pages_indexed) == (2, 5)
+    assert _state(with_failures) == _state(without)
+    assert with_failures.catalog.pending() == []
+
+
 def test_changed_file_replaces_its_pages(open_store, realworld, tmp_path, embedder):
     path = tmp_path / "docs" / "report.pdf"
     path.parent.mkdir()

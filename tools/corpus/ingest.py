@@ -15,6 +15,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,22 @@ class _PageWork:
     lines: list[TextLine]
 
 
+@dataclass
+class _Job:
+    """A file being indexed: marked pending in the catalogue, its pages produced on the worker thread."""
+
+    source: SourceFile
+    document_id: str
+    size: int
+    name: str
+    old_dpi: int | None
+    previous: str | None
+    pages: list[NewPage] = field(default_factory=list)
+    passages: list[PassageRow] = field(default_factory=list)
+    unwritten: list[VectorRow] = field(default_factory=list)
+    error: BaseException | None = None
+
+
 def index_paths(
     store: PageStore,
     paths: list[Path],
@@ -87,35 +104,101 @@ def index_paths(
     for path, reason in missing:
         report.failures.append((str(path), reason))
         log(f"skipped {path}: {reason}")
-    bar = tqdm(sources, unit="file", disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
-    for source in bar:
-        bar.set_postfix_str(f"{report.pages_indexed} pages")
-        try:
-            pages = _index_file(store, source, dpi, password, embedder, ocr, bar)
-        except PageLensError as exc:
-            report.failures.append((str(source.path), str(exc)))
-            log(f"skipped {source.path}: {exc}")
-            continue
-        except Exception as exc:  # a corrupt file can break a parser in any way; skip it, keep going
-            reason = f"{type(exc).__name__}: {exc}"
-            report.failures.append((str(source.path), reason))
-            log(f"skipped {source.path}: {reason}")
-            continue
-        if pages is None:
-            report.unchanged += 1
-        else:
-            report.documents_indexed += 1
-            report.pages_indexed += pages
-    bar.close()
+    bar = tqdm(total=len(sources), unit="file", disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
+    waiting = deque(sources)
+    active: deque[_Job] = deque()  # begun, in the order the worker produces them
+    to_produce: queue.Queue[_Job | None] = queue.Queue()
+
+    def fail(source: SourceFile, exc: BaseException) -> None:
+        reason = str(exc) if isinstance(exc, PageLensError) else f"{type(exc).__name__}: {exc}"
+        report.failures.append((str(source.path), reason))
+        log(f"skipped {source.path}: {reason}")
+        bar.update(1)
+
+    def begin_more() -> None:
+        # Two files begun at once: the worker renders the next while this thread embeds and commits the current.
+        while waiting and len(active) < 2:
+            source = waiting.popleft()
+            try:
+                digest = file_digest(source.path)
+                if any(job.document_id == digest[0] for job in active):
+                    waiting.appendleft(source)  # the same content from another path: wait until that one commits
+                    return
+                job = _begin(store, source, digest, dpi)
+            except Exception as exc:  # a file that cannot be read or hashed
+                fail(source, exc)
+                continue
+            if job is None:
+                report.unchanged += 1
+                bar.update(1)
+                continue
+            active.append(job)
+            to_produce.put(job)
+
+    def produce() -> Iterator[tuple[_Job, _PageWork | Exception | None]]:
+        while (job := to_produce.get()) is not None:
+            try:
+                for work in _produce_pages(store, job, dpi, password, ocr):
+                    yield job, work
+            except Exception as exc:  # a corrupt file can break a parser in any way; skip it, keep going
+                yield job, exc
+                continue
+            yield job, None
+
+    count_tokens = _token_counter(embedder)
+    items = _prefetch(produce(), 4)
+    try:
+        begin_more()
+        while active:
+            job, item = next(items)
+            if isinstance(item, _PageWork):
+                if job.error is None:
+                    try:
+                        _add_page(store, job, item, embedder, count_tokens)
+                    except Exception as exc:
+                        job.error = exc
+                    bar.set_postfix_str(f"{job.source.name} p{item.page_number}")
+                continue
+            error = item or job.error
+            try:
+                if error is not None:
+                    raise error
+                _commit(store, job, dpi)
+            except Exception as exc:
+                active.popleft()
+                _abandon(store, job, dpi)
+                fail(job.source, exc)
+            else:
+                active.popleft()
+                try:
+                    _tidy(store, job)
+                except Exception as exc:
+                    fail(job.source, exc)
+                else:
+                    report.documents_indexed += 1
+                    report.pages_indexed += len(job.pages)
+                    bar.update(1)
+            bar.set_postfix_str(f"{report.pages_indexed} pages")
+            begin_more()
+    except BaseException:
+        # Stop the worker first, so no image of an abandoned document is written after its clean-up.
+        to_produce.put(None)
+        items.close()
+        for job in active:
+            _abandon(store, job, dpi)
+        raise
+    finally:
+        to_produce.put(None)
+        items.close()
+        bar.close()
     if report.documents_indexed and store.use_memory_index():
         store.memory_index()
     return report
 
 
-def _index_file(store: PageStore, source: SourceFile, dpi: int, password: str | None,
-                embedder: TextEmbedder, ocr: OcrEngine, bar: tqdm) -> int | None:
-    """Index one file; None when it is already stored as it is."""
-    document_id, size = file_digest(source.path)
+def _begin(store: PageStore, source: SourceFile, digest: tuple[str, int], dpi: int) -> _Job | None:
+    """Mark the file's document pending, or return None when it is already stored as it is."""
+    document_id, size = digest
     path = str(source.path)
     previous = store.catalog.document_at(path)
     existing = store.catalog.document(document_id)
@@ -123,24 +206,37 @@ def _index_file(store: PageStore, source: SourceFile, dpi: int, password: str | 
         store.catalog.add_source(document_id, path)
         _drop_if_orphaned(store, previous, document_id)
         return None
-    name = existing[1] if existing is not None else source.name
     store.catalog.mark_pending(document_id)
+    job = _Job(source, document_id, size, existing[1] if existing is not None else source.name,
+               existing[3] if existing is not None else None, previous)
     try:
         store.vectors.delete_document(document_id)
-        pages, passages = _store_pages(store, source, document_id, dpi, password, embedder, ocr, bar)
-        store.vectors.flush()
     except BaseException:
-        store.vectors.delete_document(document_id)
         store.catalog.clear_pending(document_id)
-        if existing is None or existing[3] != dpi:
-            store.remove_images(document_id, dpi)
         raise
-    store.catalog.commit_document(document_id=document_id, name=name, kind=source.kind, dpi=dpi, size=size,
-                                  source=path, pages=pages, passages=passages)
-    if existing is not None and existing[3] != dpi:
-        store.remove_images(document_id, existing[3])
-    _drop_if_orphaned(store, previous, document_id)
-    return len(pages)
+    return job
+
+
+def _commit(store: PageStore, job: _Job, dpi: int) -> None:
+    if job.unwritten:
+        store.vectors.insert(job.unwritten)
+    store.vectors.flush()
+    store.catalog.commit_document(document_id=job.document_id, name=job.name, kind=job.source.kind, dpi=dpi,
+                                  size=job.size, source=str(job.source.path), pages=job.pages, passages=job.passages)
+
+
+def _tidy(store: PageStore, job: _Job) -> None:
+    """After a commit: drop what the committed document replaced."""
+    if job.old_dpi is not None:
+        store.remove_images(job.document_id, job.old_dpi)
+    _drop_if_orphaned(store, job.previous, job.document_id)
+
+
+def _abandon(store: PageStore, job: _Job, dpi: int) -> None:
+    """Undo a job that will not commit: its vectors, its pending mark and the images it wrote."""
+    store.vectors.delete_document(job.document_id)
+    store.catalog.clear_pending(job.document_id)
+    store.remove_images(job.document_id, dpi)
 
 
 def _drop_if_orphaned(store: PageStore, previous: str | None, current: str) -> None:
@@ -149,52 +245,45 @@ def _drop_if_orphaned(store: PageStore, previous: str | None, current: str) -> N
         store.delete_document(previous)
 
 
-def _store_pages(store: PageStore, source: SourceFile, document_id: str, dpi: int, password: str | None,
-                 embedder: TextEmbedder, ocr: OcrEngine, bar: tqdm) -> tuple[list[NewPage], list[PassageRow]]:
-    pages: list[NewPage] = []
-    passages: list[PassageRow] = []
-    unwritten: list[VectorRow] = []
+def _produce_pages(store: PageStore, job: _Job, dpi: int, password: str | None, ocr: OcrEngine) -> Iterator[_PageWork]:
+    """Render the job's pages, store their images and read their text (runs on the worker thread)."""
+    for rendered in render_pages(job.source, dpi, password):
+        number = rendered.page_number
+        image = rendered.image
+        save_page_image(image, store.image_path(job.document_id, dpi, number))
+        save_thumbnail(image, store.thumbnail_path(job.document_id, dpi, number), store.settings.thumbnail_side)
+        lines: list[TextLine] = []
+        text_source = "none"
+        if rendered.pdf_page is not None:
+            lines = pdf_text_lines(rendered.pdf_page, rendered.scale)
+            text_source = "pdf"
+        if visible_char_count(lines) < MIN_TEXT_LAYER_CHARS:
+            lines = ocr.lines(image)
+            text_source = "ocr" if lines else "none"
+        yield _PageWork(number, image.width, image.height, text_source, lines)
 
-    def produce() -> Iterator[_PageWork]:
-        for rendered in render_pages(source, dpi, password):
-            number = rendered.page_number
-            image = rendered.image
-            save_page_image(image, store.image_path(document_id, dpi, number))
-            save_thumbnail(image, store.thumbnail_path(document_id, dpi, number), store.settings.thumbnail_side)
-            lines: list[TextLine] = []
-            text_source = "none"
-            if rendered.pdf_page is not None:
-                lines = pdf_text_lines(rendered.pdf_page, rendered.scale)
-                text_source = "pdf"
-            if visible_char_count(lines) < MIN_TEXT_LAYER_CHARS:
-                lines = ocr.lines(image)
-                text_source = "ocr" if lines else "none"
-            yield _PageWork(number, image.width, image.height, text_source, lines)
 
-    count_tokens = _token_counter(embedder)
-    for work in _prefetch(produce(), 4):
-        page_id = page_id_for(document_id, work.page_number)
-        pages.append(NewPage(page_id, work.page_number, work.width, work.height, work.text_source, work.lines))
-        texts = split_passages(page_text(work.lines).splitlines(), count_tokens, store.retrieval.passage_tokens)
-        rows = []
-        for j, text in enumerate(texts):
-            weights = passage_vector(text)
-            if weights:  # else nothing a search could match; Milvus also refuses an empty sparse vector
-                rows.append((PassageRow(f"{page_id}:{j}", page_id, text, tuple(weights)), weights))
-        if rows:
-            # Embedding each page as it arrives keeps the worker rendering the next ones meanwhile; Milvus
-            # writes are batched, as each call has a fixed cost.
-            dense = embedder.embed_passages([row.text for row, _ in rows])
-            passages += [row for row, _ in rows]
-            unwritten += [VectorRow(row.pk, page_id, document_id, vec, weights)
+def _add_page(store: PageStore, job: _Job, work: _PageWork, embedder: TextEmbedder,
+              count_tokens: Callable[[list[str]], list[int]]) -> None:
+    """Cut a produced page into passages, embed them and queue their Milvus rows."""
+    page_id = page_id_for(job.document_id, work.page_number)
+    job.pages.append(NewPage(page_id, work.page_number, work.width, work.height, work.text_source, work.lines))
+    texts = split_passages(page_text(work.lines).splitlines(), count_tokens, store.retrieval.passage_tokens)
+    rows = []
+    for j, text in enumerate(texts):
+        weights = passage_vector(text)
+        if weights:  # else nothing a search could match; Milvus also refuses an empty sparse vector
+            rows.append((PassageRow(f"{page_id}:{j}", page_id, text, tuple(weights)), weights))
+    if rows:
+        # Embedding each page as it arrives keeps the worker rendering the next ones meanwhile; Milvus writes
+        # are batched, as each call has a fixed cost.
+        dense = embedder.embed_passages([row.text for row, _ in rows])
+        job.passages += [row for row, _ in rows]
+        job.unwritten += [VectorRow(row.pk, page_id, job.document_id, vec, weights)
                           for (row, weights), vec in zip(rows, dense)]
-        if len(unwritten) >= WRITE_BATCH:
-            store.vectors.insert(unwritten)
-            unwritten = []
-        bar.set_postfix_str(f"{source.name} p{work.page_number}")
-    if unwritten:
-        store.vectors.insert(unwritten)
-    return pages, passages
+    if len(job.unwritten) >= WRITE_BATCH:
+        store.vectors.insert(job.unwritten)
+        job.unwritten = []
 
 
 def _token_counter(embedder: TextEmbedder) -> Callable[[list[str]], list[int]]:
