@@ -13,10 +13,9 @@ from __future__ import annotations
 import base64
 import json
 import math
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from mcp.server.mcpserver import Context
@@ -58,9 +57,6 @@ class PageLensContext:
     retriever: Retriever
     agent: Agent
     serving: ServingSettings
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    """Serialises tool calls on the store; `ask` holds it for its whole run. The store itself serves several
-    threads at once (the agent API relies on that), so this is a choice of one call at a time, not a need."""
 
 
 # -- what the tools return ------------------------------------------------------------------------------------------
@@ -234,11 +230,13 @@ def _result(model: BaseModel, images: Sequence[tuple[str, bytes, str]] = ()) -> 
 # -- shared lookups ---------------------------------------------------------------------------------------------------
 @contextmanager
 def _using(ctx: Context) -> Iterator[PageLensContext]:
-    """The shared store, held for this call; a pagelens error becomes a tool error carrying its one sentence."""
+    """What the tools share; a pagelens error becomes a tool error carrying its one sentence.
+
+    Calls run at once on the SDK's worker threads, as the store, the retriever and the agent serve several
+    threads (the agent API relies on that too), so a long `ask` waiting on a remote policy holds up no search."""
     shared: PageLensContext = ctx.request_context.lifespan_context
     try:
-        with shared.lock:
-            yield shared
+        yield shared
     except PageLensError as error:
         raise ToolError(str(error)) from None
 
@@ -425,8 +423,7 @@ def page_resource(page_id: str, ctx: Context) -> bytes:
     """An indexed page's image (JPEG), page_id as search_pages and list_documents give it."""
     shared: PageLensContext = ctx.request_context.lifespan_context
     try:
-        with shared.lock:
-            page = _page(shared.store, page_id)
+        page = _page(shared.store, page_id)
         return fit_page(page, shared.serving.max_result_bytes - _RESERVE, formats=("jpeg",)).data
     except NotFoundError as error:
         raise ResourceNotFoundError(str(error)) from None

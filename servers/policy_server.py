@@ -7,7 +7,8 @@ production server; this one serves the same wire format from two backends that n
   CI and checking a trained checkpoint without vLLM.
 - `replay`: a scripted policy for tests and debugging. The script is a JSON file holding a list of
   assistant texts, or a JSONL file of `{"text": ...}` lines; each chat completion returns the next text,
-  and an exhausted script answers 503. There is no model behind it, so it reports no token counts
+  and an exhausted script answers 503. `{"seconds": N}` beside a text makes that reply take N seconds, as a
+  slow model would. There is no model behind it, so it reports no token counts
   (`usage: null`) and no probabilities (`logprobs: null`, even when asked), rather than invent them.
 
 Requests are validated here, the same way for both backends, so a client bug shows up against the replay
@@ -129,16 +130,17 @@ class ReplayBackend:
                 raise ScriptExhaustedError(f"the replay script {self.script} has no reply left after its "
                                            f"{len(self.replies)}; add replies to it or restart the server.")
             self._next += 1
-            text, logprobs = self.replies[self._next - 1]
+            text, logprobs, seconds = self.replies[self._next - 1]
+        time.sleep(seconds)
         tokens = None
         if logprobs is not None:
             tokens = tuple(TokenLogprob(word, value, word.encode()) for word, value in zip(_words(text), logprobs))
         return Generation(text, "stop", logprobs=tokens)
 
 
-def load_replay_script(path: Path) -> list[tuple[str, list[float] | None]]:
-    """The replies of a replay script, as (text, per-word logprobs or None): a JSON list of texts or of
-    {"text": ..., "logprobs": [...]} objects, or JSONL of such objects."""
+def load_replay_script(path: Path) -> list[tuple[str, list[float] | None, float]]:
+    """The replies of a replay script, as (text, per-word logprobs or None, seconds to wait): a JSON list of
+    texts or of {"text": ..., "logprobs": [...], "seconds": N} objects, or JSONL of such objects."""
     try:
         raw = Path(path).read_text()
     except OSError as exc:
@@ -167,7 +169,11 @@ def load_replay_script(path: Path) -> list[tuple[str, list[float] | None]]:
         ):
             raise BadInputError(f"replay script {path} reply {number} has logprobs that are not one number <= 0 per "
                                 f"word of its text ({len(_words(text))} words); fix or remove them.")
-        replies.append((text, [float(v) for v in logprobs] if logprobs is not None else None))
+        seconds = item.get("seconds", 0) if isinstance(item, dict) else 0
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 600:
+            raise BadInputError(f"replay script {path} reply {number} has seconds={seconds!r}; give a number of "
+                                f"seconds from 0 to 600.")
+        replies.append((text, [float(v) for v in logprobs] if logprobs is not None else None, float(seconds)))
     return replies
 
 

@@ -13,11 +13,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
+import anyio
 import httpx
 import httpx2
 import pytest
@@ -193,6 +195,34 @@ async def client(sample_home, tmp_path_factory) -> AsyncIterator[Client]:
     server = build_server(_settings(_copy(sample_home, tmp_path_factory.mktemp("mcp-inproc"))))
     async with Client(server) as connected:
         yield connected
+
+
+async def test_a_slow_ask_holds_up_no_search(sample_home, tmp_path_factory, policy_server):
+    slow = 4.0
+    url, record = policy_server([
+        {"text": "<search>quarterly revenue by region</search>"},
+        {"text": "<evidence>\n[1]: the revenue table\n</evidence><answer>4.2</answer>", "seconds": slow},
+    ])
+    home = _copy(sample_home, tmp_path_factory.mktemp("mcp-slow"))
+    server = build_server(load_settings(env={"PAGELENS_HOME": str(home), "PAGELENS_POLICY_URL": url}))
+    answered: list[CallToolResult] = []
+    async with Client(server) as client:
+        async with anyio.create_task_group() as running:
+            async def ask() -> None:
+                answered.append(await client.call_tool("ask", {"question": "Europe's Q3 revenue?"}))
+
+            running.start_soon(ask)
+            with anyio.fail_after(60):  # until the policy has been asked for its slow reply
+                while not record.exists() or len(record.read_text().splitlines()) < 2:
+                    await anyio.sleep(0.05)
+            start = time.perf_counter()
+            found = await client.call_tool("search_pages", {"query": "maintenance intervals", "k": 2})
+            elapsed = time.perf_counter() - start
+            assert answered == []  # the ask is still waiting on its policy
+
+    assert not found.is_error and found.structured_content["hits"]
+    assert elapsed < slow / 2, elapsed
+    assert answered[0].structured_content["answer"] == "4.2"
 
 
 async def test_results_stay_under_the_cap_with_huge_requests(client):

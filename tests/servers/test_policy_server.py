@@ -217,9 +217,14 @@ def test_replay_script_formats(tmp_path):
     (tmp_path / "d.json").write_text("[1, 2]")
     (tmp_path / "e.json").write_text('[{"text": "four score", "logprobs": [-0.5, -1]}]')
     (tmp_path / "f.json").write_text('[{"text": "four score", "logprobs": [-0.5]}]')
-    assert load_replay_script(tmp_path / "a.jsonl") == [("one", None), ("two\nlines", None)]
-    assert load_replay_script(tmp_path / "b.json") == [("one", None), ("two", None)]
-    assert load_replay_script(tmp_path / "e.json") == [("four score", [-0.5, -1.0])]
+    (tmp_path / "g.json").write_text('[{"text": "slow", "seconds": 2.5}]')
+    (tmp_path / "h.json").write_text('[{"text": "slow", "seconds": -1}]')
+    assert load_replay_script(tmp_path / "a.jsonl") == [("one", None, 0.0), ("two\nlines", None, 0.0)]
+    assert load_replay_script(tmp_path / "b.json") == [("one", None, 0.0), ("two", None, 0.0)]
+    assert load_replay_script(tmp_path / "e.json") == [("four score", [-0.5, -1.0], 0.0)]
+    assert load_replay_script(tmp_path / "g.json") == [("slow", None, 2.5)]
+    with pytest.raises(BadInputError, match="seconds=-1; give a number of seconds from 0 to 600"):
+        load_replay_script(tmp_path / "h.json")
     with pytest.raises(BadInputError, match="one number <= 0 per word of its text"):
         load_replay_script(tmp_path / "f.json")
     with pytest.raises(BadInputError, match="line 2 is not JSON"):
