@@ -7,7 +7,9 @@ transaction. A run killed anywhere leaves either the committed document or a pen
 images the next open deletes, so running again converges on the state of an uninterrupted run.
 
 Rendering and text extraction run on a worker thread (PDFium, Pillow and OpenVINO release the GIL) while the main
-thread embeds, so both cores work.
+thread embeds, so both cores work. Two files are begun (marked pending) at once, so the worker goes on to the next
+file while the main thread embeds and commits the current one; a file with the same content as one in flight
+waits for it to commit, then counts as unchanged.
 """
 
 from __future__ import annotations
