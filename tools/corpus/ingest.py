@@ -182,17 +182,14 @@ def index_paths(
                     bar.update(1)
             bar.set_postfix_str(f"{report.pages_indexed} pages")
             begin_more()
-    except BaseException:
-        # Stop the worker first, so no image of an abandoned document is written after its clean-up.
-        to_produce.put(None)
-        items.close()
-        for job in active:
-            _abandon(store, job, dpi)
-        raise
     finally:
         to_produce.put(None)
         items.close()
         bar.close()
+        # Files still begun here were cut short by an exception (the loop above ends with none); the worker
+        # has stopped, so no image of theirs is written after this clean-up.
+        for job in active:
+            _abandon(store, job, dpi)
     if report.documents_indexed and store.use_memory_index():
         store.memory_index()
     return report

@@ -5,8 +5,8 @@ spaces ("DanaWhitfieldatextension2314beforeMarch8."), which hides those words fr
 garbles quoted answers. `respace` restores them in three steps, each cautious about what it cannot know:
 
 1. Punctuation and case boundaries: a space after , ; : and after a full stop before a capitalised word, between
-   letters and digits ("May2" → "May 2", but "2nd" stays), and where a lowercase letter meets a capitalised word ("theElm").
-   Thousands separators and decimals ("$3,623.40") stay whole.
+   letters and digits ("May2" → "May 2", but "2nd" stays), and where a lowercase letter meets a capitalised word
+   ("theElm"). Thousands separators and decimals ("$3,623.40") stay whole.
 2. A lowercase run that is not an English word is split into words when it can be split entirely into them
    ("willmovefrom" → "will move from"); the words are the whole-word entries of the embedder's WordPiece
    vocabulary, which lists them by frequency, and the split with the most frequent words wins. Words of one or
@@ -57,8 +57,8 @@ def _split(run: str) -> list[str] | None:
     for end in range(1, len(run) + 1):
         for begin in range(max(0, end - _LONGEST_WORD), end):
             rank = ranks.get(run[begin:end])
-            if rank is not None and best[begin] + math.log(rank) + _PER_WORD < best[end]:
-                best[end], start[end] = best[begin] + math.log(rank) + _PER_WORD, begin
+            if rank is not None and (cost := best[begin] + math.log(rank) + _PER_WORD) < best[end]:
+                best[end], start[end] = cost, begin
     if math.isinf(best[-1]):
         return None
     words, end = [], len(run)
@@ -79,8 +79,6 @@ def _words(match: re.Match[str]) -> str:
         words = next(([run[:k], *rest] for k in range(3, len(run) - 1)
                       if (rest := _split(lower[k:])) and len(rest) > 1 and rest[0] in _TRAILING), None)
         return run if words is None else " ".join(words)
-    if len(words) < 2:
-        return run
     if run[0].isupper():
         if len(words) == 2 and words[1] not in _TRAILING:
             return run
