@@ -1,20 +1,18 @@
 """Time crop + zoom on a real text page at 144 and 300 dpi, in memory and from the stored file to PNG bytes.
 
-Run: `python benchmarks/crop.py`. The page comes from the shared real-world corpus (override the folder with
-PAGELENS_REALWORLD); without it, a page of Pillow text is generated. Goals, at 144 dpi: crop + zoom in memory
-p50 <= 15 ms; stored file -> crop -> PNG bytes p50 <= 40 ms.
+Run: `python benchmarks/crop.py`. The page comes from the real-world corpus in `tests/data/realworld`. Goals, at
+144 dpi: crop + zoom in memory p50 <= 15 ms; stored file -> crop -> PNG bytes p50 <= 40 ms.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from pagelens.tools.imagefiles import PAGE_SUFFIX, encode_image, load_page_image, save_page_image
 from pagelens.tools.pages import Box
@@ -34,31 +32,18 @@ BOXES = {
 }
 
 
-def realworld_folder() -> Path:
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "realworld"
-    return Path(os.environ.get("PAGELENS_REALWORLD", default))
+REALWORLD = Path(__file__).resolve().parents[1] / "tests" / "data" / "realworld"
 
 
 def render_page(dpi: int) -> tuple[Image.Image, str]:
-    """The first page of the corpus PDF at `dpi`, or a generated US-letter page of text when the corpus is absent."""
-    pdf_path = realworld_folder() / PDF_NAME
-    if pdf_path.is_file():
-        import pypdfium2
+    """The first page of the corpus PDF at `dpi`."""
+    import pypdfium2
 
-        document = pypdfium2.PdfDocument(pdf_path)
-        try:
-            return document[0].render(scale=dpi / 72).to_pil().convert("RGB"), f"{PDF_NAME} page 1"
-        finally:
-            document.close()
-    width, height = round(8.5 * dpi), round(11 * dpi)
-    page = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(page)
-    font = ImageFont.load_default(size=round(10 * dpi / 72))
-    line_height = round(14 * dpi / 72)
-    for number, y in enumerate(range(dpi, height - dpi, line_height)):
-        draw.text((dpi, y), f"{number:03d} The quick brown fox jumps over the lazy dog; 0123456789.", fill="black",
-                  font=font)
-    return page, "generated text page (corpus not found)"
+    document = pypdfium2.PdfDocument(REALWORLD / PDF_NAME)
+    try:
+        return document[0].render(scale=dpi / 72).to_pil().convert("RGB"), f"{PDF_NAME} page 1"
+    finally:
+        document.close()
 
 
 def page_boxes(width: int, height: int) -> list[Box]:

@@ -29,7 +29,7 @@ from pagelens.tools.retrieval.embedders import MiniLMEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "servers" / "sample"
-REALWORLD = REPO.parent / "shared" / "corpus" / "realworld"
+REALWORLD = REPO / "tests" / "data" / "realworld"
 
 
 def scanned_copy(pdf: Path, out: Path, pages: int) -> Path:

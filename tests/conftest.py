@@ -12,14 +12,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REALWORLD = Path(os.environ.get("PAGELENS_REALWORLD", REPO.parent / "shared" / "corpus" / "realworld"))
+REALWORLD = REPO / "tests" / "data" / "realworld"
 SAMPLE = REPO / "servers" / "sample"
 
 
 @pytest.fixture(scope="session")
 def realworld() -> Path:
-    if not REALWORLD.is_dir():
-        pytest.fail(f"the real-world corpus is missing at {REALWORLD}; set PAGELENS_REALWORLD")
     return REALWORLD
 
 

@@ -15,6 +15,11 @@ import numpy as np
 
 COLLECTION = "passages"
 HNSW_BUILD = {"M": 16, "efConstruction": 200}
+# pymilvus pings its channel every 10 s, calls open or not. A gRPC server on its default policy (Milvus Lite's, in
+# this process or as `milvus-lite server`) accepts a ping at most every 5 minutes and none on an idle connection; it
+# counts each early ping as a strike and at the third sends GOAWAY "too_many_pings", failing the calls in flight.
+# Ping no more often than that policy allows (Milvus itself allows every 5 s, so this suits it too).
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 360_000, "grpc.keepalive_permit_without_calls": 0}
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ class VectorStore:
 
         self.uri = uri
         self.dim = dim
-        self._client = MilvusClient(uri)
+        # A dedicated channel closes with this store; a shared one would outlive it, keyed by the URI.
+        self._client = MilvusClient(uri, grpc_options=GRPC_OPTIONS, dedicated=True)
         if recreate and self._client.has_collection(COLLECTION):
             self._client.drop_collection(COLLECTION)
         if not self._client.has_collection(COLLECTION):
@@ -76,6 +82,16 @@ class VectorStore:
 
     def close(self) -> None:
         self._client.close()
+        if self.uses_milvus_lite:
+            # pymilvus starts an in-process Milvus Lite server for a folder and keeps it, and the folder locked, until
+            # the process exits; stop it, so that closing a store frees it for other processes.
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
+
+    @property
+    def uses_milvus_lite(self) -> bool:
+        return self.uri.endswith(".db")
 
     def insert(self, rows: list[VectorRow]) -> None:
         if rows:
