@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -144,18 +145,20 @@ def add_synthetic_documents(store: PageStore, count: int, embedder: MiniLMEmbedd
         return [len(ids) for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]]
 
     documents: dict[str, tuple[str, list[NewPage], list[PassageRow]]] = {}
+    versions: dict[str, str] = {}
     rows: list[tuple[str, PassageRow, dict[int, float]]] = []
     for index in range(count):
         number, page_number = index // PAGES_PER_DOCUMENT + 1, index % PAGES_PER_DOCUMENT + 1
         name = f"synthetic/report-{number:04d}.pdf"
         document_id = hashlib.sha256(name.encode()).hexdigest()
         if page_number == 1:
-            store.catalog.mark_pending(document_id)
+            versions[document_id] = store.begin_version(document_id)
             documents[document_id] = (name, [], [])
         _, pages, passages = documents[document_id]
         template = templates[index % len(templates)]
-        for source, target in ((template.image_path, store.image_path(document_id, 144, page_number)),
-                               (template.thumbnail_path, store.thumbnail_path(document_id, 144, page_number))):
+        version = versions[document_id]
+        for source, target in ((template.image_path, store.image_path(document_id, version, page_number)),
+                               (template.thumbnail_path, store.thumbnail_path(document_id, version, page_number))):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(source, target)
         page_id = page_id_for(document_id, page_number)
@@ -165,19 +168,22 @@ def add_synthetic_documents(store: PageStore, count: int, embedder: MiniLMEmbedd
         texts = split_passages([line.text for line in lines], count_tokens, store.retrieval.passage_tokens)
         for j, text in enumerate(texts):
             weights = passage_vector(text)
-            passages.append(PassageRow(f"{page_id}:{j}", page_id, text, tuple(weights)))
+            passages.append(PassageRow(f"{page_id}:{version}:{j}", page_id, text, tuple(weights)))
             rows.append((document_id, passages[-1], weights))
 
     centers = rng.standard_normal((CLUSTERS, embedder.dim))
     dense = centers[rng.integers(0, CLUSTERS, len(rows))] + 0.35 * rng.standard_normal((len(rows), embedder.dim))
     dense = (dense / np.linalg.norm(dense, axis=1, keepdims=True)).astype(np.float32)
-    for start in range(0, len(rows), INSERT_BATCH):
-        store.vectors.insert([VectorRow(passage.pk, passage.page_id, document_id, dense[start + i], weights)
-                              for i, (document_id, passage, weights) in enumerate(rows[start:start + INSERT_BATCH])])
+    vector_rows = [(document_id, VectorRow(passage.pk, passage.page_id, document_id, dense[i], weights))
+                   for i, (document_id, passage, weights) in enumerate(rows)]
+    for start in range(0, len(vector_rows), INSERT_BATCH):
+        for document_id, batch in itertools.groupby(vector_rows[start:start + INSERT_BATCH], key=lambda r: r[0]):
+            store.vectors.insert([row for _, row in batch], versions[document_id])
     store.vectors.flush()
     for document_id, (name, pages, passages) in documents.items():
         store.catalog.commit_document(document_id=document_id, name=name, kind="pdf", dpi=144, size=0,
-                                      source=str(store.home.parent / name), pages=pages, passages=passages)
+                                      source=str(store.home.parent / name), pages=pages, passages=passages,
+                                      version=versions[document_id], owner=store.owner_key)
 
 
 def workload(store: PageStore, calls: int, rng: np.random.Generator) -> tuple[list[Query], list[CropCall]]:

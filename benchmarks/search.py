@@ -61,7 +61,7 @@ def run(size: int, n_queries: int, rng: np.random.Generator, upkeep: list[tuple]
         store = VectorStore(str(Path(tmp) / "milvus.db"), DIM)
         for start in range(0, size, 5000):
             store.insert([VectorRow(f"p{i}:0", f"p{i}", f"d{i % 100}", dense[i], sparse[i])
-                          for i in range(start, min(size, start + 5000))])
+                          for i in range(start, min(size, start + 5000))], "v0")
         store.flush()
         start = time.perf_counter()
         cache = MemoryIndex.build(0, store.rows(), DIM)
@@ -86,9 +86,9 @@ def run(size: int, n_queries: int, rng: np.random.Generator, upkeep: list[tuple]
             recall = float(np.mean([len(f & t) / 10 for f, t in zip(found, truth)]))
             rows.append((name, size, times, recall))
         changed = [i for i in range(size) if i % 100 == 0]
-        store.delete_document("d0")
+        store.delete_version("d0", "v0")
         fresh = clustered(len(changed), rng, centers)
-        store.insert([VectorRow(f"p{i}:0", f"p{i}", "d0", v, sparse[i]) for i, v in zip(changed, fresh)])
+        store.insert([VectorRow(f"p{i}:0", f"p{i}", "d0", v, sparse[i]) for i, v in zip(changed, fresh)], "v1")
         store.flush()
         start = time.perf_counter()
         cache.update(1, {"d0"}, store.rows(["d0"]))

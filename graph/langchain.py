@@ -1,6 +1,9 @@
 """pagelens for LangChain and LangGraph: a retriever, tools any tool-calling chat model can use, and the agent.
 
 - `PageLensRetriever`: a `BaseRetriever` whose `Document`s are page hits (the snippet, or the page's full text).
+
+Page text reaches a model here only as a `<page_text>` block of untrusted data (`tools.untrusted.delimit`): in
+the search tool's text and in each Document's `page_content`, which a chain pastes into a prompt.
 - `pagelens_tools(store)`: `search_pages` and `crop_page` as `StructuredTool`s. Each wraps the one tools function
   (search: `Retriever.search`; crop: `tools.regions.crop`) and answers with text and images as langchain-core's
   standard content blocks (`{"type": "image", "base64": …, "mime_type": "image/png"}`), with the structured result
@@ -42,12 +45,14 @@ from pagelens.tools.imagefiles import encode_image, load_page_image
 from pagelens.tools.pages import Box, Hit
 from pagelens.tools.regions import SeenImage, crop, fit_for_model
 from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.untrusted import delimit
 
 # -- the retriever ----------------------------------------------------------------------------------------------------
 class PageLensRetriever(BaseRetriever):
     """Pages of a pagelens store as LangChain `Document`s, best first.
 
-    `page_content` is the passage that matched (or, with `full_text`, the page's whole text); `metadata` holds
+    `page_content` is the passage that matched (or, with `full_text`, the page's whole text) as a delimited
+    `<page_text source="report.pdf p.3">` block of untrusted data, ready for a prompt; `metadata` holds
     page_id, document, page_number, score, image_path and, with `thumbnails`, the page's thumbnail as base64 JPEG
     (`thumbnail`, `thumbnail_mime_type`). `ainvoke` runs the search in a worker thread (BaseRetriever's default).
     """
@@ -85,7 +90,8 @@ class PageLensRetriever(BaseRetriever):
             metadata["thumbnail"] = base64.b64encode(page.thumbnail_path.read_bytes()).decode("ascii")
             metadata["thumbnail_mime_type"] = "image/jpeg"
         text = "\n".join(line.text for line in self.store.lines(page.page_id)) if self.full_text else hit.snippet
-        return Document(page_content=text, metadata=metadata, id=page.page_id)
+        content = delimit(text, source=f"{page.document} p.{page.page_number}")
+        return Document(page_content=content, metadata=metadata, id=page.page_id)
 
 
 # -- the tools --------------------------------------------------------------------------------------------------------
@@ -147,7 +153,8 @@ def pagelens_tools(store: PageStore, retriever: Retriever | None = None) -> list
             content.append({"type": "text", "text": (
                 f"[{rank}] page_id {page.page_id}: {page.document} p.{page.page_number}, score {hit.score:.4f}; "
                 f"shown at {seen.width}x{seen.height} (crop_page with seen_width={seen.width}, "
-                f"seen_height={seen.height} takes a box in these pixels); matched text: {hit.snippet}")})
+                f"seen_height={seen.height} takes a box in these pixels); matched text:\n"
+                f"{delimit(hit.snippet, source=f'{page.document} p.{page.page_number}')}")})
             content.append(_image_block(image))
             artifact.append({**hit.to_dict(), "seen_width": seen.width, "seen_height": seen.height})
         return content, artifact

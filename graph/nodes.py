@@ -26,6 +26,7 @@ from pagelens.prompts.loader import load_template
 from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.regions import SeenImage, crop as crop_page, smart_resize
 from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.untrusted import delimit
 
 
 @dataclass
@@ -138,7 +139,8 @@ def observe(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
             completion = context.policy.complete(request)
     except TimeoutError:
         return {"messages": messages, "action": {"kind": "stop", "status": "timeout"}}
-    parsed = protocol.parse(completion.text)
+    # A turn the policy handed over as data is acted on as it is: page text it quotes is never parsed.
+    parsed = completion.parsed or protocol.parse(completion.text)
     messages.append({"role": "assistant", "content": completion.text})
     action = _action_dict(parsed.action)
     if seen_as is not None:
@@ -168,7 +170,7 @@ def _weighted_selection(context: AgentContext, state: AgentState, request: Polic
     for index in run_images:
         single = [_user(_text(instruction), {"type": "image", "image": index})]
         completion = context.policy.complete(replace(
-            request, want_logprobs=True, images=(by_index[index],),
+            request, want_logprobs=True, images=(by_index[index],), timeout=state["deadline"] - time.time(),
             render_messages=lambda single=single, shown=[by_index[index]]: openai_messages(
                 single, shown, context.pages, 1)))
         completions.append(completion)
@@ -229,8 +231,8 @@ def search(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         parts.append({"type": "image", "image": index})
         if settings.page_text:
             text = "\n".join(line.text for line in context.store.lines(page.page_id))
-            page_label = f"{page.document} p.{page.page_number} (image {index})"
-            parts.append(_text(load_template("page_text").render(page=page_label, text=text)))
+            block = delimit(text, source=f"{page.document} p.{page.page_number} (image {index})")
+            parts.append(_text(load_template("page_text").render(block=block)))
         added.append(index)
         found.append({"page_id": page.page_id, "document": page.document, "page_number": page.page_number,
                       "rank": rank, "score": round(hit.score, 6)})

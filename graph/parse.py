@@ -58,12 +58,24 @@ class EvidenceLine:
     text: str
     relevant: bool
 
+    @classmethod
+    def read(cls, index: int, text: str) -> EvidenceLine:
+        """The entry `[index]: text` as the parser reads it: stripped, relevant unless it says there is nothing."""
+        text = text.strip()
+        return cls(index, text, bool(text) and _phrase(text) != NO_RELEVANT_INFORMATION)
+
 
 @dataclass(frozen=True)
 class Answer:
     text: str
     evidence: tuple[EvidenceLine, ...]
     insufficient: bool
+
+    @classmethod
+    def read(cls, text: str, evidence: tuple[EvidenceLine, ...] = ()) -> Answer:
+        """The answer `text` as the parser reads it: stripped, insufficient when it says `insufficient to answer`."""
+        text = text.strip()
+        return cls(text, evidence, insufficient=_phrase(text) == INSUFFICIENT)
 
 
 @dataclass(frozen=True)
@@ -159,9 +171,7 @@ def evidence_lines(block: str) -> tuple[EvidenceLine, ...]:
     for marker, end in zip(markers, ends):
         index = int(marker.group(1))
         if index >= 1 and index not in lines:
-            entry = block[marker.end() : end].strip()
-            relevant = bool(entry) and _phrase(entry) != NO_RELEVANT_INFORMATION
-            lines[index] = EvidenceLine(index, entry, relevant)
+            lines[index] = EvidenceLine.read(index, block[marker.end() : end])
     return tuple(lines[index] for index in sorted(lines))
 
 
@@ -205,7 +215,7 @@ def _action(tag: str, content: str, evidence: tuple[EvidenceLine, ...]) -> Actio
         return _crop(content)
     if not content:
         return Invalid("the answer is empty")
-    return Answer(content, evidence, insufficient=_phrase(content) == INSUFFICIENT)
+    return Answer.read(content, evidence)
 
 
 def _crop(content: str) -> Crop | Invalid:

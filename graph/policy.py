@@ -1,8 +1,9 @@
 """What the graph asks of a policy: the next assistant message, given the conversation so far.
 
 A policy is anything with a `name` and `complete(request) -> Completion`: an OpenAI-compatible endpoint (vLLM,
-the transformers policy server, a hosted model) or the offline extractive policy. All of them run the same graph,
-are parsed by the same protocol parser and are recorded the same way.
+the transformers policy server, a hosted model) or the offline extractive policy. All of them run the same graph
+and are recorded the same way. A model's message is parsed by the protocol's parser; a policy that decides in code
+(the extractive one) hands over its turn already parsed, so text it quotes from a page is never read as an action.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
 
+from pagelens.graph.parse import Turn
 from pagelens.tools.pages import Region, TextLine
 from pagelens.tools.regions import SeenImage
 
@@ -25,6 +27,9 @@ class Completion:
     logprobs: tuple[float, ...] | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    parsed: Turn | None = None
+    """The turn as data, from a policy that decides in code: the graph acts on it and `text`, the same turn in
+    the protocol's words, is only recorded. None (a model's message): the graph parses `text`."""
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,7 @@ class Protocol:
 def _parse_evisrag(text: str) -> Turn:
     # SPEC §2: always an answer (the whole output when <answer> is missing), with its evidence lines.
     response = parse_evisrag(text)
-    insufficient = " ".join(response.answer.lower().split()).rstrip(".") == "insufficient to answer"
-    return Turn(Answer(response.answer, response.evidence, insufficient), response.think)
+    return Turn(Answer.read(response.answer, response.evidence), response.think)
 
 
 def load_protocol(settings: AgentSettings) -> Protocol:

@@ -18,7 +18,8 @@ class AgentSettings:
     max_turns: int = 6
     """Action turns per question; then one more policy call told to answer now (at most max_turns + 1 calls)."""
     run_timeout: float = 300.0
-    """Seconds a question may take; past it the run ends with a "no answer" result."""
+    """Seconds a question may take, every policy request and retry included; past it the run ends with a "timeout"
+    result (`pagelens ask` exits 3)."""
     bbox_convention: str = "pixels"
     """How the policy writes boxes: "pixels" of the image it saw (Qwen2.5-VL) or "normalized-1000" (SPEC §1)."""
     template: str = ""
@@ -74,9 +75,10 @@ class PolicySettings:
     max_tokens: int = 1024
     """Longest reply per turn, in tokens."""
     request_timeout: float = 120.0
-    """Seconds one request may take before it is retried."""
+    """Seconds one request may take before it is retried (less when the run's deadline is nearer)."""
     retries: int = 3
-    """Retries after a failed request (timeouts, 5xx, 429, dropped connections), with exponential backoff."""
+    """Retries after a failed request (timeouts, 5xx, 429, dropped connections), with exponential backoff, only
+    while the run's deadline leaves time for one."""
 
     def __post_init__(self) -> None:
         if self.url and not self.url.startswith(("http://", "https://")):

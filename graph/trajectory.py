@@ -181,6 +181,10 @@ def append_trajectory(
 
 def _resolve(url: str, folder: Path, where: str) -> str:
     resolved = (folder / url).resolve()
+    # A shared trajectory file must not make its reader open files elsewhere (`../`, absolute paths, symlinks out).
+    if not resolved.is_relative_to(folder):
+        raise BadInputError(f"{where} points at image {url}, outside the trajectory's folder {folder}; image paths "
+                            f"must be relative paths inside it, such as images/<sha256>.png.")
     if not resolved.is_file():
         raise NotFoundError(f"{where} points at image {url}, which is not at {resolved}; copy the images/ folder "
                             f"beside the trajectory file.")
@@ -190,8 +194,8 @@ def _resolve(url: str, folder: Path, where: str) -> str:
 def read_trajectories(path: Path) -> Iterator[dict]:
     """Yield the runs of the JSONL file `path` in order, with image paths (and image_url urls) made absolute.
 
-    Blank lines are skipped; a line that is not a JSON object with `messages` and `images` lists raises
-    BadInputError naming the file and line.
+    Blank lines are skipped; a line that is not a JSON object with `messages` and `images` lists, or that points at
+    an image outside the file's folder, raises BadInputError naming the file and line.
     """
     path = Path(path)
     folder = path.parent.resolve()

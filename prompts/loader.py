@@ -4,15 +4,14 @@ A checkpoint is trained on one instruction text (SPEC §2), so every text the mo
 can replace. Templates are Jinja, checked at load (the text parses; it uses only variables its protocol knows) and
 rendered strictly (a variable it uses and is not given is an error, never an empty string).
 
-Page text reaches the model only as delimited data (DESIGN, Conventions): every value rendered into any template
-has its `<page_text` / `</page_text` tags defused, so a document cannot close the delimiter and speak as the user.
-User files are rendered in Jinja's immutable sandbox: a template shipped with a downloaded checkpoint cannot reach
-Python internals.
+Page text reaches the model only as delimited data (DESIGN, Conventions): the `page_text` template is given the
+block `pagelens.tools.untrusted.delimit` made, never the raw text, so a document can neither close the delimiter and
+speak as the user nor write a protocol tag. User files are rendered in Jinja's immutable sandbox: a template shipped
+with a downloaded checkpoint cannot reach Python internals.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,23 +33,14 @@ VARIABLES: dict[str, frozenset[str]] = {
     "vrag_answer_now": frozenset({"max_turns"}),
     "pagelens_invalid_action": frozenset({"reason"}),
     "pagelens_answer_now": frozenset({"max_turns"}),
-    "page_text": frozenset({"page", "text"}),
+    "page_text": frozenset({"block"}),
     "search_empty": frozenset({"query"}),
+    "vrag_judge": frozenset({"question", "reference", "answer"}),
 }
 _ANY_VARIABLE = frozenset().union(*VARIABLES.values())
 
-# Any spelling a model would read as the delimiter: `<page_text`, `</page_text`, `< /PAGE_TEXT`.
-_DELIMITER = re.compile(r"<(\s*/?\s*page_text)", re.IGNORECASE)
-
-
-def _defuse(value: object) -> str:
-    # `&lt;` keeps the text readable while no longer being a tag that opens or closes the data block.
-    return _DELIMITER.sub(r"&lt;\1", str(value))
-
-
 _ENVIRONMENT = ImmutableSandboxedEnvironment(
     undefined=jinja2.StrictUndefined,
-    finalize=_defuse,
     trim_blocks=True,
     lstrip_blocks=True,
     autoescape=False,

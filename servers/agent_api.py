@@ -18,15 +18,16 @@ The extractive policy (and an endpoint that reports no usage) counts none: usage
 question and context and of the content instead, and `pagelens.usage_unit` says "words".
 
 Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: 400 a request that cannot be
-used, 401 a missing or wrong key (when PAGELENS_API_KEY is set), 403 a browser origin not allowed, 404 an
-unknown model, 413 a body over max_body_bytes, 429 (with Retry-After) when max_running runs are running and
-max_queued waiting, 502 a policy endpoint that fails. A client that disconnects cancels its run at its next step.
+used (an image over max_image_pixels, or images together over max_request_pixels: read from their headers, before
+any is decoded; servers.limits, shared with the policy server), 401 a missing or wrong key (when PAGELENS_API_KEY
+is set), 403 a browser origin not allowed, 404 an unknown model, 413 a body over max_body_bytes, 429 (with
+Retry-After) when max_running runs are running and max_queued waiting, 502 a policy endpoint that fails. A client
+that disconnects cancels its run at its next step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import re
 import sys
@@ -44,15 +45,15 @@ from starlette.exceptions import HTTPException
 from pagelens.errors import BadInputError, PageLensError, PolicyError
 from pagelens.graph.run import RunResult, Step
 from pagelens.servers.answers import describe
-from pagelens.servers.api_request import MODELS, ApiError, ChatRequest, parse_chat_request
+from pagelens.servers.api_request import MODELS, ChatRequest, parse_chat_request
 from pagelens.servers.api_runs import AgentService, Event, Run
 from pagelens.servers.config import Settings
+from pagelens.servers.limits import LOOPBACK, ApiError, check_key, read_json, warn_if_exposed
 
 # How often a request waiting on its run checks whether its client is still there.
 _POLL_SECONDS = 0.25
 # A comment line this often keeps proxies from closing a stream while the policy thinks (clients ignore it).
 _KEEPALIVE_SECONDS = 15.0
-LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 # nginx's "client closed request": what the log shows for a request whose client left before its answer.
 _CLIENT_GONE = 499
 
@@ -86,12 +87,7 @@ def create_app(service: AgentService, *, host: str = "127.0.0.1") -> FastAPI:
             raise ApiError(421, f"Host {given_host!r} does not name this server; reach it as 127.0.0.1, list the "
                                 "name's origin in allowed_origins, or set PAGELENS_API_KEY.", "permission_error",
                            code="host_not_allowed")
-        if serving.api_key:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), serving.api_key.encode()):
-                raise ApiError(401, "the request has no valid API key; send the server's PAGELENS_API_KEY as "
-                                    "'Authorization: Bearer KEY' (the openai client's api_key).",
-                               "authentication_error", code="invalid_api_key")
+        check_key(request, serving.api_key, "PAGELENS_API_KEY")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -117,8 +113,8 @@ def create_app(service: AgentService, *, host: str = "127.0.0.1") -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         try:
             check_access(request)
-            body = await _read_json(request, serving.max_body_bytes)
-            chat = await run_in_threadpool(parse_chat_request, body, max_image_pixels=serving.max_image_pixels)
+            body = await read_json(request, serving.max_body_bytes)
+            chat = await run_in_threadpool(parse_chat_request, body, serving)
             run = service.start(chat)
             if chat.stream:
                 # Headers wait for the first policy call, so that an endpoint that is down is a 502, not a stream.
@@ -140,25 +136,6 @@ def create_app(service: AgentService, *, host: str = "127.0.0.1") -> FastAPI:
             return _error(_api_error(exc))
 
     return app
-
-
-async def _read_json(request: Request, limit: int) -> object:
-    """The body as JSON, refused (413) as soon as it is known to be over `limit` bytes."""
-    too_large = ApiError(413, f"the request body is over the {limit:,}-byte limit; send fewer or smaller images, or "
-                              "raise max_body_bytes in [serving].", code="request_too_large")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except ValueError:
-        raise ApiError(400, "the request body is not valid JSON; send a chat-completions request as JSON.") from None
 
 
 async def _next_event(run: Run, request: Request) -> Event:
@@ -293,9 +270,7 @@ def run_agent_api(settings: Settings, host: str = "127.0.0.1", port: int = 8080)
     try:
         print(f"pagelens agent API: {service.page_count} pages in {service.store.home}, {service.policy_name} policy, at "
               f"http://{host}:{port}/v1 (models {', '.join(MODELS)})", file=sys.stderr, flush=True)
-        if not settings.serving.api_key and host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"warning: {host} is not loopback and PAGELENS_API_KEY is not set, so anyone who reaches this port "
-                  "can ask questions; set PAGELENS_API_KEY.", file=sys.stderr, flush=True)
+        warn_if_exposed(host, settings.serving.api_key, "PAGELENS_API_KEY")
         # A short grace on shutdown: runs still going are then cancelled at their next step by service.close().
         uvicorn.run(create_app(service, host=host), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     finally:

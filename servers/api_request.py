@@ -8,36 +8,20 @@ max_tokens, ...) are accepted and ignored: the server's policy settings decide h
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
 from pagelens.graph.settings import PROTOCOLS
+from pagelens.servers.limits import ApiError, EncodedImage, ImageBudget
+from pagelens.servers.settings import ServingSettings
 
 BASE_MODEL = "pagelens"
 # "pagelens" runs the configured protocol; "pagelens:<protocol>" picks one.
 MODELS = (BASE_MODEL, *(f"{BASE_MODEL}:{protocol}" for protocol in PROTOCOLS))
 
-_DATA_URL = re.compile(r"data:image/(png|jpeg|jpg|webp|gif|bmp|tiff);base64,(.*)", re.DOTALL)
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-
-
-class ApiError(Exception):
-    """A request the API refuses, in OpenAI's error shape: HTTP status, message, type, param and code."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 @dataclass(frozen=True)
@@ -65,8 +49,9 @@ def protocol_of(model: Any) -> str | None:
     return model.partition(":")[2] or None
 
 
-def parse_chat_request(body: Any, *, max_image_pixels: int) -> ChatRequest:
-    """Validate a chat-completions body; every problem is one ApiError sentence naming the field and the fix."""
+def parse_chat_request(body: Any, serving: ServingSettings) -> ChatRequest:
+    """Validate a chat-completions body; every problem is one ApiError sentence naming the field and the fix.
+    Images are decoded only once the whole request is known to be within `serving`'s pixel caps."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body is not a JSON object; send a chat-completions request.")
     protocol = protocol_of(body.get("model"))
@@ -81,9 +66,10 @@ def parse_chat_request(body: Any, *, max_image_pixels: int) -> ChatRequest:
         raise ApiError(400, "messages must be a non-empty list; send at least one user message with the question.",
                        param="messages")
     history: list[dict] = []
-    uploads: list[tuple[str, Image.Image]] = []
+    images: list[EncodedImage] = []
+    budget = ImageBudget(serving)
     for i, message in enumerate(messages):
-        role, text = _message(message, f"messages[{i}]", uploads, max_image_pixels)
+        role, text = _message(message, f"messages[{i}]", images, budget)
         if i == len(messages) - 1:
             if role != "user":
                 raise ApiError(400, f"messages[{i}] is a {role} message; end with a user message holding the question.",
@@ -93,14 +79,14 @@ def parse_chat_request(body: Any, *, max_image_pixels: int) -> ChatRequest:
                                param=f"messages[{i}]")
         elif text.strip():
             history.append({"role": role, "content": text})
+    uploads = tuple((f"upload-{n}", image.decode()) for n, image in enumerate(images, 1))
     return ChatRequest(model=body["model"], protocol=protocol, question=text.strip(), history=tuple(history),
-                       uploads=tuple(uploads), stream=body.get("stream") is True,
+                       uploads=uploads, stream=body.get("stream") is True,
                        include_usage=options.get("include_usage") is True)
 
 
-def _message(message: Any, where: str, uploads: list[tuple[str, Image.Image]],
-             max_image_pixels: int) -> tuple[str, str]:
-    """A message's role and text; its images are appended to `uploads`."""
+def _message(message: Any, where: str, images: list[EncodedImage], budget: ImageBudget) -> tuple[str, str]:
+    """A message's role and text; its images, read (not decoded) through `budget`, are appended to `images`."""
     if not isinstance(message, dict):
         raise ApiError(400, f"{where} is not an object; send {{'role': ..., 'content': ...}}.", param=where)
     role = _ROLES.get(message.get("role"))
@@ -127,39 +113,8 @@ def _message(message: Any, where: str, uploads: list[tuple[str, Image.Image]],
             if not isinstance(url, str):
                 raise ApiError(400, f"{at}.image_url has no url; send {{'url': 'data:image/png;base64,...'}}.",
                                param=at)
-            uploads.append((f"upload-{len(uploads) + 1}", decode_image(url, at, max_image_pixels)))
+            images.append(budget.read(url, at))
         else:
             raise ApiError(400, f"{at} is not a text part or an image_url part; send {{'type': 'text', 'text': ...}} "
                                 "or {'type': 'image_url', 'image_url': {'url': ...}}.", param=at)
     return role, "\n".join(texts)
-
-
-def decode_image(url: str, where: str, max_pixels: int) -> Image.Image:
-    """The RGB image in a base64 data URL, refused before decoding when it holds more than `max_pixels` pixels."""
-    if url.startswith(("http://", "https://")):
-        raise ApiError(400, f"{where} is a web address ({url[:60]}); this API does not download images, so send "
-                            "the image inline as a data:image/png;base64 URL.", param=where)
-    match = _DATA_URL.fullmatch(url)
-    if match is None:
-        raise ApiError(400, f"{where} is not a base64 image data URL ({url[:40]!r}); send "
-                            "data:image/png;base64,... (png, jpeg, webp, gif, bmp or tiff).", param=where)
-    try:
-        data = base64.b64decode(match[2], validate=True)
-    except binascii.Error:
-        raise ApiError(400, f"{where} holds invalid base64; encode the image bytes with standard base64.",
-                       param=where) from None
-    size = None
-    try:
-        # The header gives the size without decoding, so a huge image is refused before it costs memory.
-        with Image.open(io.BytesIO(data)) as image:
-            size = image.size
-            if size[0] * size[1] <= max_pixels:
-                return image.convert("RGB")
-    except Image.DecompressionBombError:
-        pass  # Pillow's own cap (about 179M pixels) refused it while reading the header
-    except Exception as exc:  # Pillow signals broken files with many exception types (OSError, SyntaxError, ...)
-        raise ApiError(400, f"{where} does not hold a readable {match[1]} image ({exc}); send a valid image file's "
-                            "bytes.", param=where) from None
-    described = f"a {size[0]}x{size[1]} image ({size[0] * size[1]:,} pixels)" if size else "an image"
-    raise ApiError(400, f"{where} is {described}, over the {max_pixels:,}-pixel limit; send it smaller or raise "
-                        "max_image_pixels in [serving].", param=where, code="image_too_large")

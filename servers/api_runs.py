@@ -30,8 +30,9 @@ from pagelens.graph.images import PageImages
 from pagelens.graph.policies import make_policy
 from pagelens.graph.run import RunResult, Step
 from pagelens.graph.settings import PROTOCOLS
-from pagelens.servers.api_request import ApiError, ChatRequest
+from pagelens.servers.api_request import ChatRequest
 from pagelens.servers.config import Settings
+from pagelens.servers.limits import ApiError
 from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.retrieval.search import Retriever
 
@@ -117,7 +118,7 @@ class AgentService:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.store = PageStore(settings.store, settings.retrieval)
+        self.store = PageStore(settings.store, settings.retrieval, holder="pagelens serve api")
         try:
             self.page_count = len(self.store.pages())
             if not self.page_count:

@@ -29,7 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="add files and folders to the store (re-running adds only what is new)")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--dpi", type=int, help="render PDF pages at this resolution (default: the store's, 144)")
-    p.add_argument("--password", help="password for protected PDFs")
+    p.add_argument("--password", help="password for protected PDFs (or $PAGELENS_PDF_PASSWORD, which other users "
+                                      "cannot read in the process list); never written anywhere")
+    p.add_argument("--max-pages", type=int, metavar="N",
+                   help="skip any file of more than N pages, with one line naming it (default 2000)")
     p.add_argument("--rebuild", action="store_true", help="delete the store's contents and settings first")
 
     p = sub.add_parser("search", help="find the pages that best match a query")
@@ -82,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="HTTP only: address to bind (default loopback)")
     p.add_argument("--port", type=int, default=8765, help="HTTP only (default 8765)")
 
+    p = serve.add_parser("milvus", help="a Milvus server on this store's vectors, so several processes can share it")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--port", type=int, default=19530, help="port (default 19530)")
+
     p = serve.add_parser("api", help="the agent as an OpenAI-compatible chat completions API")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     p.add_argument("--port", type=int, default=8080)
@@ -97,7 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, help="vllm: context length (default: what the protocol needs)")
     p.add_argument("--script", type=Path, help="JSON list of replies, or JSONL of {\"text\": ...} (replay backend)")
     p.add_argument("--record", type=Path, help="append every request body to this JSONL file")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--record-max-mb", type=float, default=100, metavar="MB",
+                   help="stop recording, with one warning, before --record passes this size (default 100)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help="transformers/replay: require 'Authorization: Bearer KEY' on /v1 (default: "
+                        "$PAGELENS_POLICY_API_KEY, the key `pagelens ask` sends; none: no check)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default loopback; elsewhere without a key, a warning)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--served-model-name", help="the model name clients send (default: --model as given; vllm: a folder's name; replay: 'replay')")
@@ -106,8 +119,28 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("mcp-config", help="print the claude_desktop_config.json entry that runs `pagelens serve mcp`")
 
+    from pagelens.servers.train_commands import add_train_parsers
+
+    add_train_parsers(sub)
+
     p = sub.add_parser("demo",
                        help="index the bundled sample corpus, search and ask its questions, write a trace of each")
+
+    p = sub.add_parser("eval", help="run a question file through retrieval and the agent; report answer, retrieval "
+                                    "and citation metrics (resumes after an interruption)")
+    p.add_argument("questions", nargs="?", type=Path, metavar="QUESTIONS.jsonl",
+                   help='one JSON object a line: {"question", "answers": [...], "pages": [{"document", "page"}], '
+                        '"is_sufficient"} (pages and is_sufficient optional)')
+    p.add_argument("--sample", action="store_true", help="the bundled sample corpus's questions (indexed if missing)")
+    p.add_argument("--policy", metavar="extractive|URL", help="as for ask: 'extractive' or an OpenAI-compatible URL")
+    p.add_argument("--model", help="model name at the policy URL (default: $PAGELENS_POLICY_MODEL or its first)")
+    p.add_argument("--protocol", choices=["pagelens", "vrag", "evisrag"], help="turn protocol (default pagelens)")
+    p.add_argument("--k", type=int, metavar="K",
+                   help="pages retrieved per question for the retrieval metrics (default 10)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N questions")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--report", type=Path, metavar="FILE.md",
+                   help="write the report here, its results beside it (default: the store's eval/ folder)")
     return parser
 
 
@@ -128,6 +161,14 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "serve":
         return getattr(commands, f"serve_{args.server}")(args)
+    if args.command == "eval":
+        from pagelens.servers.eval_command import evaluate
+
+        return evaluate(args)
+    if args.command in ("train", "tiny-model"):
+        from pagelens.servers import train_commands
+
+        return train_commands.run(args)
     return getattr(commands, args.command.replace("-", "_"))(args)
 
 

@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from pagelens.errors import BadInputError
 from pagelens.servers.cli import EXIT_FAILED_FILES, EXIT_NO_ANSWER, parse_size, print_json
 from pagelens.servers.config import load_settings
+from pagelens.tools.corpus.files import printable
 from pagelens.tools.corpus.store import PageStore
 
 
 @contextmanager
 def open_store(args: argparse.Namespace, *, rebuild: bool = False, **flags: object) -> Iterator[PageStore]:
     settings = load_settings(home=args.home, **flags)
-    with PageStore(settings.store, settings.retrieval, rebuild=rebuild) as store:
+    with PageStore(settings.store, settings.retrieval, rebuild=rebuild, holder=f"pagelens {args.command}") as store:
         yield store
 
 
@@ -29,8 +30,8 @@ def note(args: argparse.Namespace, text: str) -> None:
 def index(args: argparse.Namespace) -> int:
     from pagelens.tools.corpus.ingest import index_paths
 
-    with open_store(args, rebuild=args.rebuild) as store:
-        report = index_paths(store, args.paths, dpi=args.dpi, password=args.password, progress=not args.quiet)
+    with open_store(args, rebuild=args.rebuild, pdf_password=args.password, max_pages=args.max_pages) as store:
+        report = index_paths(store, args.paths, dpi=args.dpi, progress=not args.quiet)
     print(report.summary())
     return EXIT_FAILED_FILES if report.failures else 0
 
@@ -46,7 +47,8 @@ def search(args: argparse.Namespace) -> int:
         if not hits:
             print("No pages match; `pagelens pages` lists what is indexed.")
         for rank, hit in enumerate(hits, start=1):
-            print(f"{rank:>2}. {hit.page.document} p.{hit.page.page_number}  [{hit.page.page_id}]  score {hit.score:.4f}")
+            print(f"{rank:>2}. {printable(hit.page.document)} p.{hit.page.page_number}  [{hit.page.page_id}]  "
+                  f"score {hit.score:.4f}")
             print(f"    {hit.snippet}")
     return 0
 
@@ -61,7 +63,7 @@ def pages(args: argparse.Namespace) -> int:
             ]})
             return 0
         for page in listed:
-            print(f"{page.page_id}  {page.document} p.{page.page_number}  {page.width}x{page.height}  "
+            print(f"{page.page_id}  {printable(page.document)} p.{page.page_number}  {page.width}x{page.height}  "
                   f"text: {page.text_source}")
         print(f"{len(listed)} page(s) in {len(store.documents())} document(s) in {store.home}")
     return 0
@@ -74,7 +76,7 @@ def remove(args: argparse.Namespace) -> int:
             raise BadInputError(f"no indexed document matches {args.glob!r}; `pagelens pages` lists the names.")
         for document in matched:
             store.delete_document(document.document_id)
-            print(f"removed {document.name} ({document.page_count} page(s))")
+            print(f"removed {printable(document.name)} ({document.page_count} page(s))")
     return 0
 
 
@@ -89,7 +91,7 @@ def show(args: argparse.Namespace) -> int:
             shutil.copyfile(page.image_path, args.output)
         else:
             _save(load_page_image(page.image_path), args.output)
-    print(f"wrote {args.output} ({page.width}x{page.height}, {page.document} p.{page.page_number})")
+    print(f"wrote {args.output} ({page.width}x{page.height}, {printable(page.document)} p.{page.page_number})")
     return 0
 
 
@@ -109,7 +111,7 @@ def crop(args: argparse.Namespace) -> int:
                            padding=args.padding, zoom=not args.no_zoom)
     _save(result.image, args.output)
     region = result.region.box.rounded().as_list()
-    print(f"wrote {args.output} ({result.image.width}x{result.image.height}) of {page.document} "
+    print(f"wrote {args.output} ({result.image.width}x{result.image.height}) of {printable(page.document)} "
           f"p.{page.page_number}, page box {region}")
     return 0
 
@@ -137,7 +139,7 @@ def ask(args: argparse.Namespace) -> int:
     settings = load_settings(home=args.home, url=url, model=args.model, protocol=args.protocol,
                              max_turns=args.max_turns, run_timeout=args.timeout, template=args.template,
                              bbox_convention=args.bbox_convention)
-    with PageStore(settings.store, settings.retrieval) as store:
+    with PageStore(settings.store, settings.retrieval, holder="pagelens ask") as store:
         if not store.pages():
             raise BadInputError(f"the store {store.home} has no pages; index some first: pagelens index PATH…")
         agent = Agent(store, make_policy(settings.policy), settings.agent,
@@ -160,6 +162,13 @@ def mcp_config(args: argparse.Namespace) -> int:
     from pagelens.servers.mcp_server import mcp_config as entry
 
     print_json(entry(load_settings(home=args.home)))
+    return 0
+
+
+def serve_milvus(args: argparse.Namespace) -> int:
+    from pagelens.servers.milvus import run_milvus_server
+
+    run_milvus_server(load_settings(home=args.home).store, host=args.host, port=args.port)
     return 0
 
 
@@ -191,7 +200,9 @@ def serve_policy(args: argparse.Namespace) -> int:
         raise BadInputError("serve policy --backend transformers needs --model PATH, a Qwen2.5-VL checkpoint folder.")
     if args.backend == "replay" and not args.script:
         raise BadInputError("serve policy --backend replay needs --script FILE, a JSON list of replies.")
-    run_policy_server(args.backend, args.model, args.script, host=args.host, port=args.port, device=args.device,
-                      served_model_name=args.served_model_name, record=args.record, min_pixels=args.min_pixels,
-                      max_pixels=args.max_pixels)
+    settings = load_settings(home=args.home)
+    run_policy_server(args.backend, args.model, args.script, serving=settings.serving,
+                      api_key=args.api_key or settings.policy.api_key, host=args.host, port=args.port,
+                      device=args.device, served_model_name=args.served_model_name, record=args.record,
+                      record_max_mb=args.record_max_mb, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     return 0

@@ -27,6 +27,7 @@ _ENV = {
     "PAGELENS_HOME": ("store", "home"),
     "PAGELENS_MILVUS_URI": ("store", "milvus_uri"),
     "PAGELENS_DPI": ("store", "dpi"),
+    "PAGELENS_PDF_PASSWORD": ("store", "pdf_password"),
     "PAGELENS_MEMORY_INDEX": ("retrieval", "memory_index"),
     "PAGELENS_PROTOCOL": ("agent", "protocol"),
     "PAGELENS_MAX_TURNS": ("agent", "max_turns"),

@@ -9,6 +9,8 @@ pagelens' own agent. The tools and the page resource are in servers/mcp_tools.py
 - streamable HTTP (`/mcp`): binds 127.0.0.1 by default; the Host and Origin headers are checked against DNS
   rebinding (localhost, the bound address and `ServingSettings.allowed_origins`); with a token set
   (PAGELENS_MCP_TOKEN), a request without `Authorization: Bearer <token>` gets 401.
+- Arguments that do not fit a tool's input schema (a missing query, a null number, an over-long text) are a tool
+  error of one sentence naming each argument and how to give it (`PageLensMCPServer`), not pydantic's report.
 - The server holds the store while it runs (Milvus Lite allows one process), so `pagelens index` meanwhile is
   refused with one sentence naming this server; a Milvus server (PAGELENS_MILVUS_URI) lifts that limit.
 """
@@ -17,15 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
+import re
 import shutil
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, InputRequiredResult, ToolAnnotations
+from pydantic import ValidationError
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -63,12 +69,54 @@ def build_server(settings: Settings, store: PageStore | None = None) -> MCPServe
             yield PageLensContext(opened, retriever, agent, settings.serving)
 
     # WARNING: the SDK logs every request at INFO, which would bury a desktop assistant's server log.
-    server: MCPServer[PageLensContext] = MCPServer("pagelens", version=__version__, instructions=INSTRUCTIONS,
-                                                   lifespan=lifespan, log_level="WARNING")
+    server = PageLensMCPServer("pagelens", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
+                               log_level="WARNING")
     for tool in TOOLS:
         server.add_tool(tool, annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     server.resource("page://{page_id}", name="page", mime_type="image/jpeg")(page_resource)
     return server
+
+
+class PageLensMCPServer(MCPServer[PageLensContext]):
+    """The SDK's server, with arguments that fail the tool's schema reported as one sentence naming each argument
+    and the fix, instead of pydantic's multi-line report."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None
+                        ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as error:
+            cause = error.__cause__
+            if isinstance(error, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            schema = next((tool.input_schema for tool in await self.list_tools() if tool.name == name), {})
+            # Still caused by the ValidationError: the SDK then logs the arguments' names only, not their values.
+            raise ToolError(f"Error executing tool {name}: {argument_error(cause, schema)}") from cause
+
+
+def argument_error(error: ValidationError, schema: dict) -> str:
+    """Pydantic's report on a tool's arguments as one sentence: each problem, then how to give the first argument
+    named (its description in the tool's input schema)."""
+    problems, first = [], None
+    for item in error.errors(include_url=False):
+        loc = item["loc"] or ("arguments",)
+        name = str(loc[0]) + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[1:])
+        first = first or str(loc[0])
+        if item["type"] == "missing":
+            problems.append(f"{name} is missing")
+            continue
+        message = re.sub(r"^(Input|String|List|Value|Dictionary) ", "", " ".join(item["msg"].split()))
+        given = item["input"]
+        if isinstance(given, str) and item["type"] == "string_too_long":
+            shown = f"{len(given):,} characters"
+        else:
+            shown = json.dumps(given, default=str)
+            shown = shown if len(shown) <= 40 else shown[:40] + "…"
+        problems.append(f"{name} {message[:1].lower()}{message[1:]} (got {shown})")
+    description = schema.get("properties", {}).get(first, {}).get("description")
+    fix = (f"give {first}, {description.rstrip('.')}" if description
+           else "give the arguments as the tool's input schema (tools/list) describes them")
+    return f"{'; '.join(problems)}; {fix}."
 
 
 def run_mcp_server(settings: Settings, *, transport: Literal["stdio", "http"] = "stdio", host: str = "127.0.0.1",
@@ -80,7 +128,7 @@ def run_mcp_server(settings: Settings, *, transport: Literal["stdio", "http"] = 
     # other settings) into one clear error and exit status 2, not a traceback from inside the transport. Anything
     # printed meanwhile goes to stderr: on stdio, stdout is the protocol's.
     with contextlib.redirect_stdout(sys.stderr):
-        store = PageStore(settings.store, settings.retrieval)
+        store = PageStore(settings.store, settings.retrieval, holder="pagelens serve mcp")
     with store:
         server = build_server(settings, store)
         if transport == "stdio":

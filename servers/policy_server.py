@@ -5,24 +5,24 @@ production server; this one serves the same wire format from two backends that n
 
 - `transformers`: a local Qwen2.5-VL-family checkpoint (`transformers_backend`), for CPU-only machines,
   CI and checking a trained checkpoint without vLLM.
-- `replay`: a scripted policy for tests and debugging. The script is a JSON file holding a list of
-  assistant texts, or a JSONL file of `{"text": ...}` lines; each chat completion returns the next text,
+- `replay` (`replay_backend`): a scripted policy for tests and debugging. The script is a JSON file holding a
+  list of assistant texts, or a JSONL file of `{"text": ...}` lines; each chat completion returns the next text,
   and an exhausted script answers 503. `{"seconds": N}` beside a text makes that reply take N seconds, as a
   slow model would. There is no model behind it, so it reports no token counts
   (`usage: null`) and no probabilities (`logprobs: null`, even when asked), rather than invent them.
 
 Requests are validated here, the same way for both backends, so a client bug shows up against the replay
-backend too: images must be inline base64 data URLs (png, jpeg, webp), because nothing can be downloaded.
-`record` appends every request body as one JSONL line, so tests can read exactly what a client sent.
+backend too: images must be inline base64 data URLs, because nothing can be downloaded. The agent API's limits
+hold here too (servers.limits, `[serving]` in pagelens.toml): bodies over max_body_bytes get 413, and a request whose
+images pass max_image_pixels each or max_request_pixels together gets 400 before any image is decoded. With a key
+(`--api-key`, else PAGELENS_POLICY_API_KEY, the key `pagelens ask` sends), /v1 requests without it get 401.
+`record` appends every request body as one JSONL line, so tests can read exactly what a client sent, until the file
+reaches its size limit (`--record-max-mb`): then one warning, and later requests are not recorded.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
-import re
 import sys
 import threading
 import time
@@ -35,14 +35,18 @@ from typing import Any, Literal, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 from starlette.exceptions import HTTPException
 
 from pagelens.errors import BadInputError, PageLensError
+from pagelens.servers.limits import ApiError, EncodedImage, ImageBudget, check_key, read_json, warn_if_exposed
+from pagelens.servers.settings import ServingSettings
 from pagelens.tools.regions import MAX_PIXELS, MIN_PIXELS
 
 DEFAULT_MAX_TOKENS = 1024
+# Where the server's key comes from, as its messages name it.
+KEY_NAMED = "--api-key (PAGELENS_POLICY_API_KEY)"
 
 
 @dataclass(frozen=True)
@@ -96,85 +100,7 @@ class PolicyBackend(Protocol):
 
 
 class ScriptExhaustedError(PageLensError):
-    """The replay backend has given every scripted reply."""
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"\s*\S+|\s+", text)
-
-
-class ReplayBackend:
-    """Answers each chat completion with the next reply of a script, in order.
-
-    A reply may carry the log-probabilities the scripted model gives its words (one per word, the text split at
-    whitespace as `_words` does); without them a reply has none, since no model computed any.
-    """
-
-    def __init__(self, script: Path, name: str = "replay") -> None:
-        self.name, self.script = name, Path(script)
-        self.replies = load_replay_script(self.script)
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def generate(self, messages: list[ChatMessage], params: SamplingParams) -> Generation:
-        return self._pop()
-
-    def stream(self, messages: list[ChatMessage], params: SamplingParams) -> Iterator[str | Generation]:
-        generation = self._pop()
-        # word by word, so clients are exercised on joining deltas
-        return iter([*_words(generation.text), generation])
-
-    def _pop(self) -> Generation:
-        with self._lock:
-            if self._next == len(self.replies):
-                raise ScriptExhaustedError(f"the replay script {self.script} has no reply left after its "
-                                           f"{len(self.replies)}; add replies to it or restart the server.")
-            self._next += 1
-            text, logprobs, seconds = self.replies[self._next - 1]
-        time.sleep(seconds)
-        tokens = None
-        if logprobs is not None:
-            tokens = tuple(TokenLogprob(word, value, word.encode()) for word, value in zip(_words(text), logprobs))
-        return Generation(text, "stop", logprobs=tokens)
-
-
-def load_replay_script(path: Path) -> list[tuple[str, list[float] | None, float]]:
-    """The replies of a replay script, as (text, per-word logprobs or None, seconds to wait): a JSON list of
-    texts or of {"text": ..., "logprobs": [...], "seconds": N} objects, or JSONL of such objects."""
-    try:
-        raw = Path(path).read_text()
-    except OSError as exc:
-        raise BadInputError(f"replay script {path} cannot be read ({exc.strerror}); give an existing file.") from None
-    try:
-        items = json.loads(raw)
-        items = items if isinstance(items, list) else [items]
-    except json.JSONDecodeError:
-        items = []
-        for number, line in enumerate(raw.splitlines(), 1):
-            try:
-                items.extend([json.loads(line)] if line.strip() else [])
-            except json.JSONDecodeError:
-                raise BadInputError(f"replay script {path} line {number} is not JSON; write a JSON list of texts "
-                                    'or one {"text": ...} object per line.') from None
-    texts = [item.get("text") if isinstance(item, dict) else item for item in items]
-    if not texts or not all(isinstance(text, str) for text in texts):
-        raise BadInputError(f"replay script {path} holds no list of texts; write a JSON list of strings or one "
-                            '{"text": "..."} object per line.')
-    replies = []
-    for number, (item, text) in enumerate(zip(items, texts), 1):
-        logprobs = item.get("logprobs") if isinstance(item, dict) else None
-        if logprobs is not None and (
-            not isinstance(logprobs, list) or len(logprobs) != len(_words(text))
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0 for v in logprobs)
-        ):
-            raise BadInputError(f"replay script {path} reply {number} has logprobs that are not one number <= 0 per "
-                                f"word of its text ({len(_words(text))} words); fix or remove them.")
-        seconds = item.get("seconds", 0) if isinstance(item, dict) else 0
-        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 600:
-            raise BadInputError(f"replay script {path} reply {number} has seconds={seconds!r}; give a number of "
-                                f"seconds from 0 to 600.")
-        replies.append((text, [float(v) for v in logprobs] if logprobs is not None else None, float(seconds)))
-    return replies
+    """A backend has nothing left to answer with (the replay backend's script is used up): HTTP 503."""
 
 
 def make_backend(backend_name: str, model: str | None = None, script: Path | None = None, *,
@@ -184,6 +110,8 @@ def make_backend(backend_name: str, model: str | None = None, script: Path | Non
     if backend_name == "replay":
         if script is None:
             raise BadInputError("the replay backend needs a script; give --script FILE with the replies in order.")
+        from pagelens.servers.replay_backend import ReplayBackend
+
         return ReplayBackend(script, served_model_name or "replay")
     if backend_name == "transformers":
         if model is None:
@@ -207,8 +135,9 @@ class ChatRequest:
     logprobs: bool = False
 
 
-def parse_chat_request(body: Any) -> ChatRequest:
-    """Validate an OpenAI chat-completions request body; every problem is one BadInputError sentence."""
+def parse_chat_request(body: Any, serving: ServingSettings) -> ChatRequest:
+    """Validate an OpenAI chat-completions request body; every problem is one BadInputError or ApiError sentence.
+    Images are decoded only once the whole request is known to be within `serving`'s pixel caps."""
     if not isinstance(body, dict):
         raise BadInputError("the request body is not a JSON object; send a chat-completions request.")
     if not isinstance(body.get("model"), str):
@@ -237,7 +166,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise BadInputError("stream_options is not an object; send {'include_usage': true} or leave it out.")
-    return ChatRequest(model=body["model"], messages=_parse_messages(body.get("messages")), params=params,
+    return ChatRequest(model=body["model"], messages=_parse_messages(body.get("messages"), ImageBudget(serving)),
+                       params=params,
                        stream=body.get("stream") is True, include_usage=options.get("include_usage") is True,
                        logprobs=body.get("logprobs") is True)
 
@@ -252,10 +182,10 @@ def _number(name: str, value: Any, default: float, low: float, high: float, *, a
     return value
 
 
-def _parse_messages(messages: Any) -> list[ChatMessage]:
+def _parse_messages(messages: Any, budget: ImageBudget) -> list[ChatMessage]:
     if not isinstance(messages, list) or not messages:
         raise BadInputError("messages must be a non-empty list; send at least one user message.")
-    parsed = []
+    parsed: list[tuple[Any, list[str | EncodedImage]]] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -266,18 +196,20 @@ def _parse_messages(messages: Any) -> list[ChatMessage]:
                                 "(send tool observations as user messages).")
         content = message.get("content")
         if content is None and role == "assistant":
-            parts: list[str | Image.Image] = []
+            parts: list[str | EncodedImage] = []
         elif isinstance(content, str):
             parts = [content]
         elif isinstance(content, list):
-            parts = [_parse_part(part, f"{where}.content[{j}]") for j, part in enumerate(content)]
+            parts = [_parse_part(part, f"{where}.content[{j}]", budget) for j, part in enumerate(content)]
         else:
             raise BadInputError(f"{where}.content is not a string or a list of parts; send text or parts.")
-        parsed.append(ChatMessage(role, tuple(parts)))
-    return parsed
+        parsed.append((role, parts))
+    # Every image has passed the caps: only now is any decoded.
+    return [ChatMessage(role, tuple(part.decode() if isinstance(part, EncodedImage) else part for part in parts))
+            for role, parts in parsed]
 
 
-def _parse_part(part: Any, where: str) -> str | Image.Image:
+def _parse_part(part: Any, where: str, budget: ImageBudget) -> str | EncodedImage:
     kind = part.get("type") if isinstance(part, dict) else None
     if kind == "text" and isinstance(part.get("text"), str):
         return part["text"]
@@ -285,89 +217,96 @@ def _parse_part(part: Any, where: str) -> str | Image.Image:
         url = part.get("image_url")
         url = url.get("url") if isinstance(url, dict) else url
         if isinstance(url, str):
-            return decode_image_url(url, f"{where}.image_url.url")
+            return budget.read(url, f"{where}.image_url.url")
     raise BadInputError(f"{where} is not a text part or an image_url part; send "
                         "{'type': 'text', 'text': ...} or {'type': 'image_url', 'image_url': {'url': ...}}.")
 
 
-_DATA_URL = re.compile(r"data:image/(png|jpeg|jpg|webp);base64,(.*)", re.DOTALL)
+class Recorder:
+    """Appends request bodies to a JSONL file while it stays within `max_bytes`; the first body that would pass
+    that is not written, one warning says so, and nothing more is recorded."""
+
+    def __init__(self, path: Path, max_bytes: int):
+        if not Path(path).parent.is_dir():
+            raise BadInputError(f"record file {path} is in a folder that does not exist; create it or record "
+                                "elsewhere.")
+        if max_bytes < 1:
+            raise BadInputError(f"the record limit of {max_bytes} bytes is not positive; give --record-max-mb > 0.")
+        self.path, self.max_bytes = Path(path), max_bytes
+        self.size = self.path.stat().st_size if self.path.exists() else 0
+        self.full = False
+        self._lock = threading.Lock()
+
+    def write(self, body: object) -> None:
+        line = (json.dumps(body) + "\n").encode()
+        with self._lock:
+            if self.full:
+                return
+            if self.size + len(line) > self.max_bytes:
+                self.full = True
+                print(f"warning: the record file {self.path} reached its {self.max_bytes:,}-byte limit; later "
+                      "requests are not recorded (raise --record-max-mb to keep more).", file=sys.stderr, flush=True)
+                return
+            with open(self.path, "ab") as out:
+                out.write(line)
+            self.size += len(line)
 
 
-def decode_image_url(url: str, where: str = "image_url") -> Image.Image:
-    """The RGB image inside a base64 data URL (png, jpeg, webp); web addresses are refused, nothing downloads."""
-    if url.startswith(("http://", "https://")):
-        raise BadInputError(f"{where} is a web address ({url[:60]}); this server cannot download, so send the "
-                            "image inline as a data:image/png;base64 URL.")
-    match = _DATA_URL.fullmatch(url)
-    if match is None:
-        raise BadInputError(f"{where} is not a base64 image data URL ({url[:40]!r}); send "
-                            "data:image/png;base64,... (png, jpeg or webp).")
-    try:
-        data = base64.b64decode(match[2], validate=True)
-    except binascii.Error:
-        raise BadInputError(f"{where} holds invalid base64; encode the image bytes with standard base64.") from None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
-    except Exception as exc:  # PIL signals broken files with many exception types (OSError, SyntaxError, ...)
-        raise BadInputError(f"{where} does not hold a readable {match[1]} image ({exc}); send a valid image "
-                            "file's bytes.") from None
-
-
-def create_app(backend: PolicyBackend, *, record: Path | None = None) -> FastAPI:
-    """The FastAPI app serving `backend` at /v1/models, /v1/chat/completions and /healthz."""
-    if record is not None and not Path(record).parent.is_dir():
-        raise BadInputError(f"record file {record} is in a folder that does not exist; create it or record elsewhere.")
+def create_app(backend: PolicyBackend, *, serving: ServingSettings, api_key: str, record: Recorder | None) -> FastAPI:
+    """The FastAPI app serving `backend` at /v1/models, /v1/chat/completions and /healthz, within `serving`'s
+    limits; with `api_key`, the /v1 routes need it as a bearer token."""
     app = FastAPI(title="pagelens policy server")
     started = int(time.time())
-    record_lock = threading.Lock()
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), "invalid_request_error")
+        return _error(ApiError(exc.status_code, str(exc.detail)))
 
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok", "model": backend.name}
 
     @app.get("/v1/models")
-    def models() -> dict:
-        return {"object": "list",
-                "data": [{"id": backend.name, "object": "model", "created": started, "owned_by": "pagelens"}]}
+    def models(request: Request) -> Response:
+        try:
+            check_key(request, api_key, KEY_NAMED)
+        except ApiError as exc:
+            return _error(exc)
+        return JSONResponse({"object": "list", "data": [
+            {"id": backend.name, "object": "model", "created": started, "owned_by": "pagelens"}]})
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
+    async def chat_completions(request: Request) -> Response:
         try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return _error(400, "the request body is not valid JSON; send a JSON chat-completions request.")
-        if record is not None:
-            with record_lock, open(record, "a") as out:
-                out.write(json.dumps(body) + "\n")
-        try:
-            chat = parse_chat_request(body)
+            check_key(request, api_key, KEY_NAMED)
+            body = await read_json(request, serving.max_body_bytes)
+            if record is not None:
+                await run_in_threadpool(record.write, body)
+            chat = await run_in_threadpool(parse_chat_request, body, serving)
             if chat.model != backend.name:
-                return _error(404, f"model {chat.model!r} is not served here; use {backend.name!r}.",
-                              "not_found_error", "model", "model_not_found")
+                raise ApiError(404, f"model {chat.model!r} is not served here; use {backend.name!r}.",
+                               "not_found_error", "model", "model_not_found")
             if chat.stream:
                 items = await run_in_threadpool(backend.stream, chat.messages, chat.params)
                 return StreamingResponse(_sse(_chunks(chat, backend.name, items)), media_type="text/event-stream")
             generation = await run_in_threadpool(backend.generate, chat.messages, chat.params)
+        except ApiError as exc:
+            return _error(exc)
         except BadInputError as exc:
-            return _error(400, str(exc))
+            return _error(ApiError(400, str(exc)))
         except ScriptExhaustedError as exc:
-            return _error(503, str(exc), "service_unavailable_error")
+            return _error(ApiError(503, str(exc), "service_unavailable_error"))
         except Exception as exc:
             traceback.print_exc()
-            return _error(500, f"the policy backend failed ({exc}); see the server log.", "internal_error")
-        return {
+            return _error(ApiError(500, f"the policy backend failed ({exc}); see the server log.", "internal_error"))
+        return JSONResponse({
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": backend.name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": generation.text},
                          "logprobs": _logprobs(generation) if chat.logprobs else None,
                          "finish_reason": generation.finish_reason}],
             "usage": _usage(generation),
-        }
+        })
 
     return app
 
@@ -418,21 +357,22 @@ def _usage(generation: Generation) -> dict | None:
             "total_tokens": generation.prompt_tokens + generation.completion_tokens}
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
+def _error(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), error.status, headers=error.headers)
 
 
-def run_policy_server(backend_name: str, model: str | None, script: Path | None, host: str = "127.0.0.1",
-                      port: int = 8000, device: str = "auto", served_model_name: str | None = None,
-                      record: Path | None = None, *, min_pixels: int = MIN_PIXELS,
+def run_policy_server(backend_name: str, model: str | None, script: Path | None, *, serving: ServingSettings,
+                      api_key: str, host: str, port: int, device: str, served_model_name: str | None,
+                      record: Path | None, record_max_mb: float, min_pixels: int = MIN_PIXELS,
                       max_pixels: int = MAX_PIXELS) -> None:
-    """Load the backend and serve it with uvicorn until interrupted."""
+    """Load the backend and serve it with uvicorn until interrupted; `record_max_mb` bounds the `record` file."""
     import uvicorn
 
+    recorder = None if record is None else Recorder(record, int(record_max_mb * 1024 * 1024))
     backend = make_backend(backend_name, model, script, device=device, served_model_name=served_model_name,
                            min_pixels=min_pixels, max_pixels=max_pixels)
     print(f"pagelens policy server: {backend_name} backend, model {backend.name!r}, at http://{host}:{port}/v1",
           file=sys.stderr, flush=True)
-    uvicorn.run(create_app(backend, record=record), host=host, port=port, log_level="warning")
-
+    warn_if_exposed(host, api_key, KEY_NAMED)
+    app = create_app(backend, serving=serving, api_key=api_key, record=recorder)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

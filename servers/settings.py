@@ -1,4 +1,4 @@
-"""Serving settings: what the MCP server and the agent API accept, from whom, and how much at once."""
+"""Serving settings: what the MCP server, the agent API and the policy server accept, from whom, how much at once."""
 
 from __future__ import annotations
 
@@ -20,18 +20,22 @@ class ServingSettings:
     max_queued: int = 64
     """Agent API runs waiting; beyond this a request gets 429 with Retry-After."""
     max_body_bytes: int = 32 * 1024 * 1024
-    """Largest agent API request body."""
+    """Largest request body the agent API and the policy server take."""
     max_image_pixels: int = 40_000_000
-    """Largest image (width x height) an agent API request may carry."""
+    """Largest image (width x height) an agent API or policy server request may carry."""
+    max_request_pixels: int = 64_000_000
+    """Most pixels, all its images together, one agent API or policy server request may carry (decoded, each
+    pixel costs the server several bytes: 64M pixels is about 1 GB at its peak)."""
     max_result_bytes: int = 1024 * 1024
     """Largest MCP tool result, base64 images included (desktop clients cap results at 1 MiB)."""
 
     def __post_init__(self) -> None:
         if self.max_running < 1 or self.max_queued < 0:
             raise BadInputError("max_running must be at least 1 and max_queued at least 0.")
-        if self.max_body_bytes < 1024 or self.max_image_pixels < 1 or self.max_result_bytes < 64 * 1024:
-            raise BadInputError("max_body_bytes (>= 1024), max_image_pixels (>= 1) and max_result_bytes "
-                                "(>= 65536) are too small; raise them.")
+        if (self.max_body_bytes < 1024 or self.max_image_pixels < 1 or self.max_request_pixels < 1
+                or self.max_result_bytes < 64 * 1024):
+            raise BadInputError("max_body_bytes (>= 1024), max_image_pixels and max_request_pixels (>= 1) and "
+                                "max_result_bytes (>= 65536) are too small; raise them.")
 
     @property
     def origins(self) -> tuple[str, ...]:

@@ -18,11 +18,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from pagelens.graph.policy import Completion, PolicyRequest, ShownImage
 from pagelens.errors import BadInputError
+from pagelens.graph.parse import INSUFFICIENT, NO_RELEVANT_INFORMATION, Answer, Crop, EvidenceLine, Search, Turn
+from pagelens.graph.policy import Completion, PolicyRequest, ShownImage
 from pagelens.tools.pages import Box, TextLine
 from pagelens.tools.regions import from_page_box
 from pagelens.tools.retrieval.lexical import tokenize
+from pagelens.tools.untrusted import defuse
 
 # Pages a run looks at before it settles for the best region seen.
 MAX_PAGES = 3
@@ -187,7 +189,13 @@ def best_region(lines: list[TextLine], question: str) -> tuple[Region, tuple] | 
 
 
 class ExtractivePolicy:
-    """Answers by quoting the best-matching region of the pages it is shown (see the module docstring)."""
+    """Answers by quoting the best-matching region of the pages it is shown (see the module docstring).
+
+    Each turn is decided in code and handed to the graph as data (`Completion.parsed`); its text, the same turn in the
+    protocol's words, is what the trajectory records. Page text it quotes is defused (`tools.untrusted`) and kept to
+    one line, so the recorded text parses back to the same turn and never holds a tag or an evidence marker a page
+    wrote.
+    """
 
     name = "extractive"
 
@@ -200,26 +208,26 @@ class ExtractivePolicy:
     def complete(self, request: PolicyRequest) -> Completion:
         run_images = [image for image in request.images if image.index >= request.first_image]
         if request.protocol == "evisrag":
-            return Completion(self._evisrag(request, run_images))
+            return self._evisrag(request, run_images)
         pages = [image for image in run_images if not image.is_crop]
         if not pages and not request.answer_now:
-            return Completion(f"<think>I need a page about the question.</think><search>{request.question}</search>")
+            return _turn(request.protocol, Search(_quote(request.question)), "I need a page about the question.")
         last = run_images[-1] if run_images else None
         if last is not None and last.is_crop or request.answer_now:
-            return Completion(self._answer(request, run_images))
+            return self._answer(request, run_images)
         found = self._best(request, last)
         if found is None and len(pages) < MAX_PAGES:
-            return Completion("<think>Nothing on this page matches; I look at the next page.</think>"
-                              f"<search>{request.question}</search>")
+            return _turn(request.protocol, Search(_quote(request.question)),
+                         "Nothing on this page matches; I look at the next page.")
         if found is None:
-            return Completion(self._answer(request, run_images))
+            return self._answer(request, run_images)
         box = from_page_box(found[0].box, last.seen)
         if request.bbox_convention == "normalized-1000":
             box = Box(box.x1 * 1000 / last.seen.width, box.y1 * 1000 / last.seen.height,
                       box.x2 * 1000 / last.seen.width, box.y2 * 1000 / last.seen.height)
-        coordinates = ", ".join(str(round(v)) for v in box.as_list())
-        return Completion(f"<think>The best match is on image {last.index}; I zoom into it.</think>"
-                          f"<bbox>[{coordinates}]</bbox>")
+        x1, y1, x2, y2 = (float(round(v)) for v in box.as_list())
+        return _turn(request.protocol, Crop((x1, y1, x2, y2)),
+                     f"The best match is on image {last.index}; I zoom into it.")
 
     def _pick(self, request: PolicyRequest, images: list[ShownImage]) -> tuple[ShownImage, Region] | None:
         scored = [(found[1], -image.index, image, found[0]) for image in images if not image.is_crop
@@ -229,37 +237,64 @@ class ExtractivePolicy:
         _, _, image, region = max(scored, key=lambda s: (s[0], s[1]))
         return image, region
 
-    def _answer(self, request: PolicyRequest, images: list[ShownImage]) -> str:
+    def _answer(self, request: PolicyRequest, images: list[ShownImage]) -> Completion:
         picked = self._pick(request, images)
+        evidence = request.protocol != "vrag"  # SPEC §1: vrag answers without evidence
         if picked is None:
-            lines = "\n".join(f"[{image.index}]: no relevant information" for image in images)
-            answer = "<answer>insufficient to answer</answer>"
-            return answer if request.protocol == "vrag" else f"<evidence>\n{lines}\n</evidence>{answer}"
+            lines = tuple(EvidenceLine.read(image.index, NO_RELEVANT_INFORMATION) for image in images)
+            return _turn(request.protocol, Answer.read(INSUFFICIENT, lines if evidence else ()))
         page, region = picked
         crop = next((image for image in reversed(images) if image.is_crop and image.page_id == page.page_id), None)
-        source = f"{page.document} p.{page.page_number}"
-        answer = f"<answer>{region.answer} — extractive answer, quoted from {source}</answer>"
-        if request.protocol == "vrag":
-            return answer
-        evidence = []
-        for image in images:
-            if image is crop:
-                evidence.append(f"[{image.index}]: {region.answer}")
-            elif image is page:
-                where = f"the region zoomed in image {crop.index}" if crop else region.answer
-                evidence.append(f"[{image.index}]: {source}, {where}")
-            else:
-                evidence.append(f"[{image.index}]: no relevant information")
-        return "<evidence>\n" + "\n".join(evidence) + f"\n</evidence>{answer}"
-
-    def _evisrag(self, request: PolicyRequest, images: list[ShownImage]) -> str:
-        picked = self._pick(request, images)
+        source = _quote(f"{page.document} p.{page.page_number}")
+        quoted = _quote(region.answer)
+        answer = f"{quoted} — extractive answer, quoted from {source}"
+        if not evidence:
+            return _turn(request.protocol, Answer.read(answer))
         lines = []
         for image in images:
-            lines.append(f"[{image.index - request.first_image + 1}]: "
-                         + (picked[1].answer if picked and image is picked[0] else "no relevant information"))
-        answer = (f"{picked[1].answer} — extractive answer, quoted from {picked[0].document} "
-                  f"p.{picked[0].page_number}") if picked else "insufficient to answer"
-        observe = "I read the text of each page and look for the lines that best match the question."
-        return (f"<observe>{observe}</observe>\n<evidence>\n" + "\n".join(lines) + "\n</evidence>\n"
-                f"<think>The best-matching region gives the answer.</think>\n<answer>{answer}</answer>")
+            if image is crop:
+                lines.append(EvidenceLine.read(image.index, quoted))
+            elif image is page:
+                where = f"the region zoomed in image {crop.index}" if crop else quoted
+                lines.append(EvidenceLine.read(image.index, f"{source}, {where}"))
+            else:
+                lines.append(EvidenceLine.read(image.index, NO_RELEVANT_INFORMATION))
+        return _turn(request.protocol, Answer.read(answer, tuple(lines)))
+
+    def _evisrag(self, request: PolicyRequest, images: list[ShownImage]) -> Completion:
+        picked = self._pick(request, images)
+        quoted = _quote(picked[1].answer) if picked else ""
+        # SPEC §2: evidence lines number this turn's images from 1.
+        lines = tuple(EvidenceLine.read(image.index - request.first_image + 1,
+                                        quoted if picked and image is picked[0] else NO_RELEVANT_INFORMATION)
+                      for image in images)
+        answer = (f"{quoted} — extractive answer, quoted from "
+                  f"{_quote(f'{picked[0].document} p.{picked[0].page_number}')}") if picked else INSUFFICIENT
+        return _turn("evisrag", Answer.read(answer, lines), "The best-matching region gives the answer.")
+
+
+def _quote(text: str) -> str:
+    """Page text (or a document's name) as the policy may write it in a turn: defused, and on one line, so that it
+    holds no tag and starts no `[i]:` evidence entry."""
+    return " ".join(defuse(text).split())
+
+
+_OBSERVE = "I read the text of each page and look for the lines that best match the question."
+
+
+def _turn(protocol: str, action: Search | Crop | Answer, think: str | None = None) -> Completion:
+    """The turn as data and in the protocol's words (SPEC §1, §2, §2b); the words parse back to the same turn."""
+    if isinstance(action, Search):
+        words = f"<search>{action.query}</search>"
+    elif isinstance(action, Crop):
+        words = "<bbox>[" + ", ".join(str(round(value)) for value in action.box) + "]</bbox>"
+    else:
+        lines = "\n".join(f"[{line.index}]: {line.text}" for line in action.evidence)
+        if protocol == "evisrag":
+            return Completion(f"<observe>{_OBSERVE}</observe>\n<evidence>\n{lines}\n</evidence>\n"
+                              f"<think>{think}</think>\n<answer>{action.text}</answer>", parsed=Turn(action, think))
+        words = f"<answer>{action.text}</answer>"
+        if protocol != "vrag":
+            words = f"<evidence>\n{lines}\n</evidence>{words}"
+    thought = f"<think>{think}</think>" if think is not None else ""
+    return Completion(thought + words, parsed=Turn(action, think))

@@ -1,12 +1,22 @@
 """A policy served over the OpenAI chat completions API: vLLM, `pagelens serve policy`, or a hosted model.
 
 Page images and crops arrive in `PolicyRequest.messages()` as `image_url` data URLs in `user` messages (SPEC §7),
-already resized by the graph so the recorded seen size is exact. Timeouts, 429s, 5xx answers and dropped
-connections are retried with exponential backoff (the openai client's own: 0.5 s doubling to 8 s, with jitter);
-a request never outlives the run's deadline.
+already resized by the graph so the recorded seen size is exact.
+
+Deadlines: every HTTP request of a policy call (the model look-up, the chat call, each retry) shares one deadline,
+the run's (`PolicyRequest.timeout` seconds from the call's start), and none outlives it. Timeouts, 408/409/429,
+5xx answers and dropped connections are retried here with exponential backoff (0.5 s doubling to 8 s, less up to a
+quarter at random, or the server's Retry-After), `retries` times at most and only while the deadline leaves room;
+the openai client's own retries are off, since they would each take a full request timeout. A request the deadline
+cuts short raises TimeoutError, which ends the run as timed out.
 """
 
 from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import openai
 
@@ -18,6 +28,10 @@ from pagelens.graph.settings import PolicySettings
 _PLACEHOLDER_KEY = "not-needed"
 # Below this a request cannot complete; the run's deadline has in effect passed.
 _MIN_REQUEST_SECONDS = 0.5
+_FIRST_BACKOFF, _MAX_BACKOFF, _MAX_RETRY_AFTER = 0.5, 8.0, 120.0
+# Answers worth asking again: request timeout, lock timeout, rate limit (and every 5xx), as the openai client does.
+_RETRIED_STATUS = {408, 409, 429}
+T = TypeVar("T")
 
 
 class OpenAIChatPolicy:
@@ -29,54 +43,41 @@ class OpenAIChatPolicy:
             base_url=settings.url,
             api_key=settings.api_key or _PLACEHOLDER_KEY,
             timeout=settings.request_timeout,
-            max_retries=settings.retries,
+            max_retries=0,
         )
         self._model = settings.model or None
 
     @property
     def name(self) -> str:
-        return f"{self.model}@{self.settings.url}"
+        # Never asks the endpoint: a run that timed out looking its model up still reports which policy it used.
+        return f"{self._model}@{self.settings.url}" if self._model else self.settings.url
 
-    @property
-    def model(self) -> str:
+    def _model_name(self, deadline: float | None) -> str:
+        """The model name: the configured one, else the endpoint's first (GET /models, asked once)."""
         if self._model is None:
-            self._model = self._first_model()
+            models = self._send(lambda timeout: self._client.with_options(timeout=timeout).models.list(), deadline)
+            if not models.data:
+                raise PolicyError(f"the policy endpoint {self.settings.url} serves no model; set "
+                                  "PAGELENS_POLICY_MODEL.")
+            self._model = models.data[0].id
         return self._model
 
-    def _first_model(self) -> str:
-        try:
-            models = self._client.models.list().data
-        except openai.OpenAIError as error:
-            raise self._error(error) from error
-        if not models:
-            raise PolicyError(f"the policy endpoint {self.settings.url} serves no model; set PAGELENS_POLICY_MODEL.")
-        return models[0].id
-
     def complete(self, request: PolicyRequest) -> Completion:
-        timeout = self.settings.request_timeout
-        if request.timeout is not None:
-            timeout = min(timeout, request.timeout)
-            if timeout < _MIN_REQUEST_SECONDS:
-                raise TimeoutError("the run's deadline passed before the policy could be asked")
+        deadline = None if request.timeout is None else time.monotonic() + request.timeout
+        model = self._model_name(deadline)
         extra = {}
         if self.settings.repetition_penalty != 1.0:
             extra["repetition_penalty"] = self.settings.repetition_penalty
-        try:
-            response = self._client.with_options(timeout=timeout).chat.completions.create(
-                model=self.model,
-                messages=request.messages(),
-                temperature=self.settings.temperature,
-                top_p=self.settings.top_p,
-                max_tokens=self.settings.max_tokens,
-                logprobs=request.want_logprobs or None,
-                extra_body=extra or None,
-            )
-        except openai.APITimeoutError as error:
-            if request.timeout is not None and timeout < self.settings.request_timeout:
-                raise TimeoutError("the run's deadline passed while the policy was answering") from error
-            raise self._error(error) from error
-        except openai.OpenAIError as error:
-            raise self._error(error) from error
+        messages = request.messages()
+        response = self._send(lambda timeout: self._client.with_options(timeout=timeout).chat.completions.create(
+            model=model,
+            messages=messages,
+            temperature=self.settings.temperature,
+            top_p=self.settings.top_p,
+            max_tokens=self.settings.max_tokens,
+            logprobs=request.want_logprobs or None,
+            extra_body=extra or None,
+        ), deadline)
         if not response.choices:
             raise PolicyError(f"the policy endpoint {self.settings.url} returned no choices; check the server's log.")
         choice = response.choices[0]
@@ -90,6 +91,37 @@ class OpenAIChatPolicy:
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
         )
+
+    def _send(self, request: Callable[[float], T], deadline: float | None) -> T:
+        """`request(timeout)`, retried on failures worth retrying, each attempt cut to what `deadline` (a
+        time.monotonic() value, None: none) leaves; TimeoutError once the deadline leaves too little."""
+        for attempt in range(self.settings.retries + 1):
+            timeout = self.settings.request_timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout < _MIN_REQUEST_SECONDS:
+                    raise TimeoutError("the run's deadline passed before the policy answered")
+            try:
+                return request(timeout)
+            except openai.APITimeoutError as error:
+                if timeout < self.settings.request_timeout:  # the deadline cut this attempt short
+                    raise TimeoutError("the run's deadline passed while the policy was answering") from error
+                failure: openai.OpenAIError = error
+                pause = _backoff(attempt)
+            except openai.APIConnectionError as error:
+                failure, pause = error, _backoff(attempt)
+            except openai.APIStatusError as error:
+                if error.status_code not in _RETRIED_STATUS and error.status_code < 500:
+                    raise self._error(error) from error
+                failure, pause = error, _retry_after(error) or _backoff(attempt)
+            except openai.OpenAIError as error:
+                raise self._error(error) from error
+            if attempt == self.settings.retries:
+                break
+            if deadline is not None and time.monotonic() + pause + _MIN_REQUEST_SECONDS > deadline:
+                break  # no time for another attempt: this failure is the answer
+            time.sleep(pause)
+        raise self._error(failure) from failure
 
     def _error(self, error: openai.OpenAIError) -> PolicyError:
         url = self.settings.url
@@ -115,6 +147,19 @@ class OpenAIChatPolicy:
                 f"the policy endpoint {url} answered HTTP {error.status_code}: {_message(error)}; check its log."
             )
         return PolicyError(f"the policy endpoint {url} failed ({error}); check the URL and the server.")
+
+
+def _backoff(attempt: int) -> float:
+    return min(_FIRST_BACKOFF * 2.0**attempt, _MAX_BACKOFF) * (1 - 0.25 * random.random())
+
+
+def _retry_after(error: openai.APIStatusError) -> float | None:
+    """The seconds the server's Retry-After header asks for, when it gives a sensible number."""
+    try:
+        seconds = float(error.response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return seconds if 0 < seconds <= _MAX_RETRY_AFTER else None
 
 
 def _message(error: openai.APIStatusError) -> str:

@@ -33,6 +33,7 @@ from pagelens.tools.corpus.store import PageStore, StoreSettings
 from pagelens.tools.pages import Box
 from pagelens.tools.regions import SeenImage, from_page_box, smart_resize
 from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.untrusted import delimit
 
 QUESTIONS = {q["id"]: q for q in json.loads(
     (Path(__file__).resolve().parents[2] / "servers" / "sample" / "questions.json").read_text())}
@@ -104,13 +105,16 @@ def test_retriever_metadata_filter_full_text_and_thumbnail(store, search):
     page = store.page(meta["page_id"])
     assert meta["image_path"] == str(page.image_path) and Path(meta["image_path"]).is_file()
     assert meta["page_number"] == 2 and meta["score"] >= docs[1].metadata["score"] > 0
-    assert docs[0].page_content == "\n".join(line.text for line in store.lines(page.page_id))
+    # The page's text, as a delimited block of untrusted data (tools.untrusted; tests/servers/test_injection.py).
+    assert docs[0].page_content == delimit("\n".join(line.text for line in store.lines(page.page_id)),
+                                           f"{page.document} p.{page.page_number}")
     thumbnail = Image.open(io.BytesIO(base64.b64decode(meta["thumbnail"])))
     assert meta["thumbnail_mime_type"] == "image/jpeg" and max(thumbnail.size) == 256
 
     snippet = PageLensRetriever(store=store, retriever=search, k=1).invoke(QUESTIONS["q08"]["question"])[0]
     assert set(snippet.metadata) == {"page_id", "document", "page_number", "score", "image_path"}
-    assert 0 < len(snippet.page_content) <= 242  # the matching snippet (240 characters and its ellipses)
+    block = re.fullmatch(r'<page_text source="[^"]+">\n(.+)\n</page_text>', snippet.page_content, re.DOTALL)
+    assert 0 < len(block[1]) <= 242  # the matching snippet (240 characters and its ellipses)
 
 
 def test_retriever_async_runs_off_the_event_loop(store, search):

@@ -120,7 +120,7 @@ def servers(sample_home, tmp_path_factory) -> Iterator[dict]:
                          PAGELENS_POLICY_URL=f"http://127.0.0.1:{stub.server_address[1]}/v1")]
     try:
         api, limited = (server.wait() for server in started)
-        yield {"api": api, "limited": limited, "policy": stub, "api_home": homes["api"]}
+        yield {"api": api, "limited": limited, "policy": stub, "api_home": homes["api"], "api_pid": started[0].proc.pid}
     finally:
         logs = [server.stop() for server in started]
     stub.shutdown()
@@ -239,8 +239,22 @@ def test_bodies_images_and_messages_over_the_limits_are_refused(servers):
         api.chat.completions.create(model="pagelens", messages=ask("What is this?", huge))
     with pytest.raises(openai.BadRequestError, match="does not download images"):
         api.chat.completions.create(model="pagelens", messages=ask("What is this?", "https://example.com/p.png"))
+    # Each image under the per-image cap, eight together far over the per-request one: refused from their headers,
+    # before any is decoded (decoded, these 288M pixels took the server from 0.85 to a 4 GB peak).
+    peak = _peak_memory(servers["api_pid"])
+    square = png_url(Image.new("1", (6000, 6000)))  # a few KB as PNG, 108 MB decoded
+    with pytest.raises(openai.BadRequestError, match=r"images up to messages\[0\].content\[2\] hold 72,000,000 "
+                                                     r"pixels, over the 64,000,000-pixel limit for one request"):
+        api.chat.completions.create(model="pagelens", messages=ask("What is this?", *[square] * 8))
+    assert _peak_memory(servers["api_pid"]) - peak < 50 * 1024 * 1024
     with pytest.raises(openai.BadRequestError, match="end with a user message"):
         api.chat.completions.create(model="pagelens", messages=[{"role": "assistant", "content": "Hi."}])
+
+
+def _peak_memory(pid: int) -> int:
+    """The process's peak resident memory so far, in bytes (Linux's VmHWM)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
 
 
 def test_32_concurrent_requests_are_all_answered(servers):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
+import time
 
+import pytest
 from PIL import Image
 
 QUESTION = "What torque is specified for the KX-40 blade root bolts?"
@@ -56,6 +61,55 @@ def test_no_answer_exits_3_with_the_reason(cli, sample_copy, policy_server):
     assert proc.returncode == 3
     assert "No answer: no answer: the policy used its 2 turn(s)" not in proc.stdout
     assert proc.stdout.startswith("No answer:") and "--max-turns" in proc.stdout
+
+
+class SilentEndpoint:
+    """A policy URL on loopback whose server accepts connections and never answers; `arrivals` holds when each
+    connection came (time.monotonic()). It stops by itself after `seconds` at most, closing what it accepted."""
+
+    def __init__(self, seconds: float = 60):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        self.arrivals: list[float] = []
+        self.ends = time.monotonic() + seconds
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _hold(self) -> None:
+        held = []
+        while not self.stop.is_set() and time.monotonic() < self.ends:
+            with contextlib.suppress(TimeoutError):
+                held.append(self.listener.accept()[0])
+                self.arrivals.append(time.monotonic())
+        for connection in held:
+            connection.close()
+        self.listener.close()
+
+    def __enter__(self) -> SilentEndpoint:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.mark.parametrize("model", [("--model", "silent"), ()], ids=["model", "model-look-up"])
+def test_a_silent_endpoint_ends_the_run_at_its_deadline(cli, sample_copy, model):
+    # Every request shares the run's deadline: the model look-up, the chat call and their retries (3 by default).
+    with SilentEndpoint() as silent:
+        started = time.monotonic()
+        proc = cli("ask", "Anything?", "--policy", silent.url, "--timeout", "10", *model, home=sample_copy,
+                   check=False, timeout=120)
+        ended = time.monotonic()
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.startswith("No answer: the run passed its 10 s limit") and "Traceback" not in proc.stderr
+    # One request, cut at the deadline; no retry, nothing after. (Start-up, mostly imports, comes before the run:
+    # 3 s on an idle machine, up to 6 s on a busy one.)
+    assert len(silent.arrivals) == 1
+    assert ended - silent.arrivals[0] < 11.5, f"the run went on {ended - silent.arrivals[0]:.1f} s after its request"
+    assert ended - started < 20, f"ask --timeout 10 took {ended - started:.1f} s"
 
 
 def test_an_endpoint_that_is_down_is_named(cli, sample_copy):

@@ -302,6 +302,27 @@ async def test_bad_input_is_one_sentence_and_the_server_keeps_serving(client):
     assert not (await client.call_tool("view_page", {"page_id": page_id})).is_error
 
 
+async def test_huge_mistyped_and_unmappable_arguments_are_one_sentence(client):
+    page_id = (await _pages(client))[NORTHWIND][1]
+    mebibyte = "revenue " * (CAP // 8)
+    cases = [
+        ("search_pages", {"query": mebibyte}, "query should have at most 2000 characters (got 1,048,576 characters)"),
+        ("ask", {"question": mebibyte}, "question should have at most 2000 characters"),
+        ("view_page", {"page_id": mebibyte}, "page_id should have at most 500 characters"),
+        ("search_pages", {}, "query is missing; give query, what to look for, in words"),
+        ("search_pages", {"query": "revenue", "k": None}, "k should be a valid integer (got null); give k, how many"),
+        ("crop_region", {"page_id": page_id, "box": [None, 1, 2, 3]},
+         "box[0] should be a valid number (got null); give box, [x1, y1, x2, y2]"),
+        ("crop_region", {"box": [1, 2, 3, "x"]}, "page_id is missing; box[3] should be a valid number"),
+        # A seen size of 10^9 maps the box to a ten-thousandth of a page pixel: an error, not a 1-pixel crop.
+        ("crop_region", {"page_id": page_id, "box": [0, 0, 100, 100], "seen_width": 10**9, "seen_height": 10**9},
+         "read on a 1000000000x1000000000 image maps to [0.0, 0.0, 0.0001, 0.0002] in page pixels, under one pixel"),
+    ]
+    for tool, arguments, expected in cases:
+        result = await client.call_tool(tool, arguments)
+        assert expected in _error(result) and _size(result) < 4096, (tool, arguments)
+
+
 async def test_document_glob_filters_the_search(client):
     found = await client.call_tool("search_pages", {"query": "revenue", "k": 10, "document": "kx40_*"})
     hits = found.structured_content["hits"]

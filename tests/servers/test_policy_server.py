@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 import sys
+import zlib
 
 import httpx
 import openai
@@ -17,7 +19,8 @@ import pytest
 from PIL import Image
 
 from pagelens.errors import BadInputError, DependencyError
-from pagelens.servers.policy_server import load_replay_script
+from pagelens.servers.limits import warn_if_exposed
+from pagelens.servers.replay_backend import load_replay_script
 from pagelens.servers.tiny_model import SPECIAL_TOKENS, build_tiny_qwen25vl
 from pagelens.tools.regions import smart_resize
 
@@ -31,6 +34,18 @@ def data_url(width: int, height: int, fmt: str = "PNG") -> str:
     buffer = io.BytesIO()
     image.save(buffer, fmt)
     return f"data:image/{fmt.lower()};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def png_header(width: int, height: int) -> str:
+    """A PNG data URL whose header says width x height but which holds a few bytes of pixels: a server that reads
+    the size finds it at once, one that decodes it fails on the missing rows."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+           + chunk(b"IEND", b""))
+    return f"data:image/png;base64,{base64.b64encode(png).decode()}"
 
 
 def user(*parts: str | dict) -> list[dict]:
@@ -208,6 +223,50 @@ def test_replay_answers_in_order_records_requests_and_runs_out(tmp_path, pagelen
         "Total?", None, "again", "more"]
     assert sent[0]["messages"][0]["content"][1]["image_url"]["url"] == url_sent and sent[0]["logprobs"] is True
     assert sent[2]["stream"] is True
+
+
+def test_replay_limits_key_and_bounded_record(tmp_path, pagelens_server):
+    (tmp_path / "script.json").write_text(json.dumps(["one", "two", "three", "four", "five"]))
+    (tmp_path / "pagelens.toml").write_text("[serving]\nmax_body_bytes = 1000000\n")
+    record = tmp_path / "requests.jsonl"
+    args = ["--backend", "replay", "--script", "script.json", "--record", str(record), "--record-max-mb", "0.002"]
+    # The key `pagelens ask` sends (PAGELENS_POLICY_API_KEY) is the server's unless --api-key says otherwise.
+    with pagelens_server(tmp_path, "policy", *args, env={"PAGELENS_POLICY_API_KEY": "k3y"}) as url:
+        for key in ("unused", "wrong"):
+            with pytest.raises(openai.AuthenticationError, match=r"--api-key \(PAGELENS_POLICY_API_KEY\)"):
+                client(url).with_options(api_key=key).models.list()
+        api = client(url).with_options(api_key="k3y")
+        assert [m.id for m in api.models.list().data] == ["replay"]
+        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"  # health needs no key
+
+        with pytest.raises(openai.APIStatusError, match="over the 1,000,000-byte limit") as big:
+            api.chat.completions.create(model="replay", messages=user("x" * 1_500_000))
+        assert big.value.status_code == 413
+        with pytest.raises(openai.BadRequestError, match=r"content\[1\].image_url.url is a 12000x12000 image "
+                                                         r"\(144,000,000 pixels\), over the 40,000,000-pixel limit"):
+            api.chat.completions.create(model="replay", messages=user("Total?", image(png_header(12000, 12000))))
+        # Each under the per-image cap, together over the per-request one: refused before either is decoded.
+        with pytest.raises(openai.BadRequestError, match=r"up to messages\[0\].content\[2\].image_url.url hold "
+                                                         r"72,000,000 pixels, over the 64,000,000-pixel limit"):
+            api.chat.completions.create(model="replay", messages=user(
+                "Total?", image(png_header(6000, 6000)), image(png_header(6000, 6000))))
+
+        replies = [api.chat.completions.create(model="replay", messages=user("padding " * 60)).choices[0]
+                   for _ in range(3)]
+        assert [reply.message.content for reply in replies] == ["one", "two", "three"]
+    lines = record.read_text().splitlines()
+    assert record.stat().st_size <= 0.002 * 1024 * 1024 and 2 <= len(lines) < 5  # 5 recorded bodies would not fit
+    log = next(tmp_path.glob("server-*.log")).read_text()
+    assert log.count("warning: the record file") == 1 and "not loopback" not in log
+
+
+def test_a_server_beyond_loopback_without_a_key_warns(capsys):
+    for host, key in [("127.0.0.1", ""), ("::1", ""), ("localhost", ""), ("127.0.0.2", ""), ("0.0.0.0", "k")]:
+        warn_if_exposed(host, key, "--api-key")
+    assert capsys.readouterr().err == ""
+    warn_if_exposed("0.0.0.0", "", "--api-key (PAGELENS_POLICY_API_KEY)")
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: 0.0.0.0 is not loopback") and warning.count("\n") == 1
 
 
 def test_replay_script_formats(tmp_path):

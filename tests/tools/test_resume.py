@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,14 +22,15 @@ DOCS = ["004-pdflatex-4-pages_pdflatex-4-pages.pdf", "001-trivial_minimal-docume
 
 def _state(home: Path) -> dict:
     with PageStore(StoreSettings(home=home)) as store:
-        files = sorted(str(p.relative_to(home)) for kind in ("pages", "thumbs")
+        # Each indexing writes a new version (a random id in folder names and pks): compare with the id left out.
+        files = sorted(re.sub(r"-[0-9a-f]{8}/", "-*/", str(p.relative_to(home))) for kind in ("pages", "thumbs")
                        for p in (home / kind).rglob("*") if p.is_file())
         passages = store.catalog.passages(
-            f"{p.page_id}:{i}" for p in store.pages() for i in range(50))
+            f"{p.page_id}:{p.image_path.parent.name.rsplit('-', 1)[1]}:{i}" for p in store.pages() for i in range(50))
         return {
             "pages": [(p.page_id, p.width, p.height, p.text_source) for p in store.pages()],
             "lines": {p.page_id: [line.text for line in store.lines(p.page_id)] for p in store.pages()},
-            "passages": sorted((pk, row.text) for pk, row in passages.items()),
+            "passages": sorted((re.sub(r":[0-9a-f]{8}:", ":*:", pk), row.text) for pk, row in passages.items()),
             "vectors": store.vectors.count(),
             "files": files,
             "sources": sorted(s for d in store.documents() for s in d.sources),

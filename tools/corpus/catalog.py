@@ -1,8 +1,11 @@
 """The catalogue: documents, their source paths, pages and passages in one SQLite file.
 
 SQLite gives each document's commit one transaction: a document and all of its pages appear together or not
-at all. Vectors live in Milvus; the `pending` table names documents whose vectors may be in Milvus without a
-committed catalogue entry (a run killed mid-document), so the next open can delete them.
+at all. Each indexing of a document writes a new *version* (its vectors and page images carry the version id)
+beside the committed one, and the commit swaps the catalogue over to it. Vectors live in Milvus; the `pending`
+table names each version whose vectors or images may exist without being the committed one (being written, or
+replaced and not yet deleted), with its owner, so that whoever opens the store next can delete what a dead
+owner left and nothing else.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pagelens.tools.corpus.owners import Owner
 from pagelens.tools.pages import TextLine
 
 _SCHEMA = """
@@ -23,7 +27,8 @@ CREATE TABLE IF NOT EXISTS documents (
     kind TEXT NOT NULL,
     dpi INTEGER NOT NULL,
     page_count INTEGER NOT NULL,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    version TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sources (
     path TEXT PRIMARY KEY,
@@ -47,7 +52,14 @@ CREATE TABLE IF NOT EXISTS passages (
 );
 CREATE INDEX IF NOT EXISTS passages_by_page ON passages(page_id);
 CREATE TABLE IF NOT EXISTS term_counts (term INTEGER PRIMARY KEY, df INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS pending (document_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS pending (version TEXT PRIMARY KEY, document_id TEXT NOT NULL, owner TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (
+    owner TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started TEXT NOT NULL,
+    heartbeat REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS changes (generation INTEGER PRIMARY KEY, document_id TEXT NOT NULL);
 """
@@ -63,6 +75,7 @@ class PageRow:
     height: int
     dpi: int
     text_source: str
+    version: str
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,8 @@ class Catalog:
     def __init__(self, path: Path):
         # check_same_thread off: the agent API's worker threads read the open store at once; SQLite in serialized
         # mode (Python's default build, sqlite3.threadsafety == 3) lets threads share one connection.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # The timeout lets writers in several processes (a store shared through a Milvus server) queue for the lock.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -139,13 +153,13 @@ class Catalog:
     # -- reads ----------------------------------------------------------------------------------------
     def document(self, document_id: str) -> tuple | None:
         return self._db.execute(
-            "SELECT document_id, name, kind, dpi, page_count, size FROM documents WHERE document_id=?",
+            "SELECT document_id, name, kind, dpi, page_count, size, version FROM documents WHERE document_id=?",
             (document_id,),
         ).fetchone()
 
     def documents(self) -> list[tuple]:
         return self._db.execute(
-            "SELECT document_id, name, kind, dpi, page_count, size FROM documents ORDER BY name, document_id"
+            "SELECT document_id, name, kind, dpi, page_count, size, version FROM documents ORDER BY name, document_id"
         ).fetchall()
 
     def sources(self, document_id: str) -> list[str]:
@@ -157,7 +171,7 @@ class Catalog:
         return row[0] if row else None
 
     _PAGE_SELECT = (
-        "SELECT p.page_id, p.document_id, d.name, p.page_number, p.width, p.height, d.dpi, p.text_source "
+        "SELECT p.page_id, p.document_id, d.name, p.page_number, p.width, p.height, d.dpi, p.text_source, d.version "
         "FROM pages p JOIN documents d ON d.document_id = p.document_id "
     )
 
@@ -204,15 +218,36 @@ class Catalog:
         marks = ",".join("?" * len(wanted))
         return dict(self._db.execute(f"SELECT term, df FROM term_counts WHERE term IN ({marks})", wanted))
 
-    def pending(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT document_id FROM pending")]
+    def pending(self) -> list[tuple[str, str, str]]:
+        """(version, document_id, owner key) of every version that is not, or no longer, committed."""
+        return self._db.execute("SELECT version, document_id, owner FROM pending ORDER BY version").fetchall()
+
+    def owners(self) -> dict[str, tuple[Owner, float]]:
+        """Each recorded owner by key, with its last heartbeat (seconds since the epoch)."""
+        rows = self._db.execute("SELECT owner, host, pid, started, heartbeat FROM owners")
+        return {key: (Owner(host, pid, started), heartbeat) for key, host, pid, started, heartbeat in rows}
 
     # -- writes ---------------------------------------------------------------------------------------
-    def mark_pending(self, document_id: str) -> None:
-        self._db.execute("INSERT OR IGNORE INTO pending(document_id) VALUES(?)", (document_id,))
+    def record_owner(self, owner: Owner, now: float) -> None:
+        """Record `owner` or renew its heartbeat."""
+        self._db.execute(
+            "INSERT INTO owners(owner, host, pid, started, heartbeat) VALUES(?,?,?,?,?) "
+            "ON CONFLICT(owner) DO UPDATE SET heartbeat = excluded.heartbeat",
+            (owner.key, owner.host, owner.pid, owner.started, now),
+        )
 
-    def clear_pending(self, document_id: str) -> None:
-        self._db.execute("DELETE FROM pending WHERE document_id=?", (document_id,))
+    def forget_owner(self, key: str) -> None:
+        """Drop an owner that has no pending version left."""
+        self._db.execute("DELETE FROM owners WHERE owner=? AND NOT EXISTS (SELECT 1 FROM pending WHERE owner=?)",
+                         (key, key))
+
+    def begin_version(self, document_id: str, version: str, owner: str) -> None:
+        self._db.execute("INSERT INTO pending(version, document_id, owner) VALUES(?, ?, ?)",
+                         (version, document_id, owner))
+
+    def end_version(self, version: str) -> None:
+        """Forget a pending version whose vectors and images are gone."""
+        self._db.execute("DELETE FROM pending WHERE version=?", (version,))
 
     def add_source(self, document_id: str, path: str) -> None:
         with self.transaction() as db:
@@ -229,14 +264,17 @@ class Catalog:
         source: str,
         pages: list[NewPage],
         passages: list[PassageRow],
-    ) -> None:
-        """Replace any earlier version of this document with this one, in one transaction."""
+        version: str,
+        owner: str,
+    ) -> str | None:
+        """Make `version` the document's committed one, in one transaction; return the version it replaced,
+        now pending under `owner` until its vectors and images are deleted."""
         with self.transaction() as db:
             kept = [r[0] for r in db.execute("SELECT path FROM sources WHERE document_id=?", (document_id,))]
-            self._delete_document(db, document_id)
+            replaced = self._delete_document(db, document_id, owner)
             db.execute(
-                "INSERT INTO documents(document_id, name, kind, dpi, page_count, size) VALUES(?,?,?,?,?,?)",
-                (document_id, name, kind, dpi, len(pages), size),
+                "INSERT INTO documents(document_id, name, kind, dpi, page_count, size, version) VALUES(?,?,?,?,?,?,?)",
+                (document_id, name, kind, dpi, len(pages), size, version),
             )
             db.executemany(
                 "INSERT INTO pages(page_id, document_id, page_number, width, height, text_source, lines) "
@@ -256,13 +294,17 @@ class Catalog:
                 "INSERT OR REPLACE INTO sources(path, document_id) VALUES(?, ?)",
                 [(path, document_id) for path in {*kept, source}],
             )
-            db.execute("DELETE FROM pending WHERE document_id=?", (document_id,))
+            db.execute("DELETE FROM pending WHERE version=?", (version,))
             self._bump(db, document_id)
+        return replaced
 
-    def delete_document(self, document_id: str) -> None:
+    def delete_document(self, document_id: str, owner: str) -> str | None:
+        """Remove the document from the catalogue; return its version, now pending under `owner` until its
+        vectors and images are deleted (None if it was not there)."""
         with self.transaction() as db:
-            self._delete_document(db, document_id)
+            version = self._delete_document(db, document_id, owner)
             self._bump(db, document_id)
+        return version
 
     def drop_source(self, path: str) -> str | None:
         """Forget one path; return the document it pointed to if that document now has no path left."""
@@ -274,7 +316,10 @@ class Catalog:
             left = db.execute("SELECT COUNT(*) FROM sources WHERE document_id=?", (row[0],)).fetchone()[0]
             return row[0] if left == 0 else None
 
-    def _delete_document(self, db: sqlite3.Connection, document_id: str) -> None:
+    def _delete_document(self, db: sqlite3.Connection, document_id: str, owner: str) -> str | None:
+        row = db.execute("SELECT version FROM documents WHERE document_id=?", (document_id,)).fetchone()
+        if row is None:
+            return None
         old = [
             PassageRow(pk, page_id, "", tuple(json.loads(terms)))
             for pk, page_id, terms in db.execute(
@@ -285,6 +330,8 @@ class Catalog:
         ]
         self._count_terms(db, old, -1)
         db.execute("DELETE FROM documents WHERE document_id=?", (document_id,))
+        db.execute("INSERT INTO pending(version, document_id, owner) VALUES(?, ?, ?)", (row[0], document_id, owner))
+        return row[0]
 
     @staticmethod
     def _count_terms(db: sqlite3.Connection, passages: list[PassageRow], sign: int) -> None:

@@ -1,10 +1,12 @@
 """`pagelens index`: files to stored pages, text and vectors, resumable and atomic per document.
 
-For each document: mark it pending, render and store its page images, take each page's text (the PDF text
-layer, or OCR when a page has fewer than 20 visible characters), cut it into passages, embed them page by page
-and write them to Milvus in bounded batches, then commit the document and its pages to the catalogue in one
-transaction. A run killed anywhere leaves either the committed document or a pending one whose vectors and
-images the next open deletes, so running again converges on the state of an uninterrupted run.
+For each document: begin a new version (pending, owned by this process), render and store its page images,
+take each page's text (the PDF text layer, or OCR when a page has fewer than 20 visible characters), cut it into
+passages, embed them page by page and write them to Milvus in bounded batches, then commit the document and its
+pages to the catalogue in one transaction, which swaps it in for the version it replaces; that one is deleted
+after. Until the commit the committed version stays whole and searchable, so a re-index (a new dpi) that fails
+loses nothing. A run killed anywhere leaves the committed version and pending ones whose vectors and images the
+next open deletes, so running again converges on the state of an uninterrupted run.
 
 Rendering and text extraction run on a worker thread (PDFium, Pillow and OpenVINO release the GIL) while the main
 thread embeds, so both cores work. Two files are begun (marked pending) at once, so the worker goes on to the next
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from pagelens.errors import PageLensError
 from pagelens.tools.corpus.catalog import NewPage, PassageRow
-from pagelens.tools.corpus.files import SourceFile, discover, file_digest, render_pages
+from pagelens.tools.corpus.files import SourceFile, discover, file_digest, printable, render_pages
 from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.corpus.text import MIN_TEXT_LAYER_CHARS, OcrEngine, page_text, pdf_text_lines, visible_char_count
 from pagelens.tools.imagefiles import save_page_image, save_thumbnail
@@ -54,7 +56,7 @@ class IndexReport:
             f"{self.unchanged} unchanged; {len(self.failures)} failed."
         )
         if self.failures:
-            text += " Failed: " + ", ".join(path for path, _ in self.failures) + "."
+            text += " Failed: " + ", ".join(printable(path) for path, _ in self.failures) + "."
         return text
 
 
@@ -75,8 +77,10 @@ class _Job:
     document_id: str
     size: int
     name: str
-    old_dpi: int | None
+    version: str
     previous: str | None
+    """The document this file's path held before, if other content: dropped after the commit if orphaned."""
+    replaced: str | None = None
     pages: list[NewPage] = field(default_factory=list)
     passages: list[PassageRow] = field(default_factory=list)
     unwritten: list[VectorRow] = field(default_factory=list)
@@ -89,6 +93,7 @@ def index_paths(
     *,
     dpi: int | None = None,
     password: str | None = None,
+    max_pages: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     embedder: TextEmbedder | None = None,
@@ -96,16 +101,19 @@ def index_paths(
 ) -> IndexReport:
     """Index files and folders into the store; failures are reported per file, never raised.
 
-    `embedder` and `ocr` let a long-lived caller reuse loaded models across runs."""
+    `dpi`, `password` (for protected PDFs) and `max_pages` (a file with more is skipped) default to the store's
+    settings; `embedder` and `ocr` let a long-lived caller reuse loaded models across runs."""
     dpi = dpi or store.settings.dpi
+    password = password or store.settings.pdf_password or None
+    max_pages = max_pages or store.settings.max_pages
     log = log or (lambda line: print(line, file=sys.stderr))
     embedder = embedder or make_embedder(store.retrieval.embedder)
     ocr = ocr or OcrEngine()
     report = IndexReport()
-    sources, missing = discover(paths)
-    for path, reason in missing:
+    sources, problems = discover(paths, exclude=store.home)
+    for path, reason in problems:
         report.failures.append((str(path), reason))
-        log(f"skipped {path}: {reason}")
+        log(printable(f"skipped {path}: {reason}"))
     bar = tqdm(total=len(sources), unit="file", disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
     waiting = deque(sources)
     active: deque[_Job] = deque()  # begun, in the order the worker produces them
@@ -114,7 +122,7 @@ def index_paths(
     def fail(source: SourceFile, exc: BaseException) -> None:
         reason = str(exc) if isinstance(exc, PageLensError) else f"{type(exc).__name__}: {exc}"
         report.failures.append((str(source.path), reason))
-        log(f"skipped {source.path}: {reason}")
+        log(printable(f"skipped {source.path}: {reason}"))
         bar.update(1)
 
     def begin_more() -> None:
@@ -140,7 +148,7 @@ def index_paths(
     def produce() -> Iterator[tuple[_Job, _PageWork | Exception | None]]:
         while (job := to_produce.get()) is not None:
             try:
-                for work in _produce_pages(store, job, dpi, password, ocr):
+                for work in _produce_pages(store, job, dpi, password, max_pages, ocr):
                     yield job, work
             except Exception as exc:  # a corrupt file can break a parser in any way; skip it, keep going
                 yield job, exc
@@ -168,7 +176,7 @@ def index_paths(
                 _commit(store, job, dpi)
             except Exception as exc:
                 active.popleft()
-                _abandon(store, job, dpi)
+                _abandon(store, job)
                 fail(job.source, exc)
             else:
                 active.popleft()
@@ -189,7 +197,7 @@ def index_paths(
         # Files still begun here were cut short by an exception (the loop above ends with none); the worker
         # has stopped, so no image of theirs is written after this clean-up.
         for job in active:
-            _abandon(store, job, dpi)
+            _abandon(store, job)
     if report.documents_indexed and store.use_memory_index():
         store.memory_index()
     return report
@@ -205,37 +213,31 @@ def _begin(store: PageStore, source: SourceFile, digest: tuple[str, int], dpi: i
         store.catalog.add_source(document_id, path)
         _drop_if_orphaned(store, previous, document_id)
         return None
-    store.catalog.mark_pending(document_id)
-    job = _Job(source, document_id, size, existing[1] if existing is not None else source.name,
-               existing[3] if existing is not None else None, previous)
-    try:
-        store.vectors.delete_document(document_id)
-    except BaseException:
-        store.catalog.clear_pending(document_id)
-        raise
-    return job
+    # The committed version (at another dpi) stays as it is until this one commits.
+    return _Job(source, document_id, size, existing[1] if existing is not None else source.name,
+                store.begin_version(document_id), previous)
 
 
 def _commit(store: PageStore, job: _Job, dpi: int) -> None:
     if job.unwritten:
-        store.vectors.insert(job.unwritten)
+        store.vectors.insert(job.unwritten, job.version)
     store.vectors.flush()
-    store.catalog.commit_document(document_id=job.document_id, name=job.name, kind=job.source.kind, dpi=dpi,
-                                  size=job.size, source=str(job.source.path), pages=job.pages, passages=job.passages)
+    job.replaced = store.catalog.commit_document(
+        document_id=job.document_id, name=job.name, kind=job.source.kind, dpi=dpi, size=job.size,
+        source=str(job.source.path), pages=job.pages, passages=job.passages, version=job.version,
+        owner=store.owner_key)
 
 
 def _tidy(store: PageStore, job: _Job) -> None:
-    """After a commit: drop what the committed document replaced."""
-    if job.old_dpi is not None:
-        store.remove_images(job.document_id, job.old_dpi)
+    """After a commit: drop what the committed version replaced."""
+    if job.replaced is not None:
+        store.discard_version(job.document_id, job.replaced)
     _drop_if_orphaned(store, job.previous, job.document_id)
 
 
-def _abandon(store: PageStore, job: _Job, dpi: int) -> None:
-    """Undo a job that will not commit: its vectors, its pending mark and the images it wrote."""
-    store.vectors.delete_document(job.document_id)
-    store.catalog.clear_pending(job.document_id)
-    store.remove_images(job.document_id, dpi)
+def _abandon(store: PageStore, job: _Job) -> None:
+    """Undo a job that will not commit: its vectors and images; the committed version is untouched."""
+    store.discard_version(job.document_id, job.version)
 
 
 def _drop_if_orphaned(store: PageStore, previous: str | None, current: str) -> None:
@@ -244,13 +246,15 @@ def _drop_if_orphaned(store: PageStore, previous: str | None, current: str) -> N
         store.delete_document(previous)
 
 
-def _produce_pages(store: PageStore, job: _Job, dpi: int, password: str | None, ocr: OcrEngine) -> Iterator[_PageWork]:
+def _produce_pages(store: PageStore, job: _Job, dpi: int, password: str | None, max_pages: int,
+                   ocr: OcrEngine) -> Iterator[_PageWork]:
     """Render the job's pages, store their images and read their text (runs on the worker thread)."""
-    for rendered in render_pages(job.source, dpi, password):
+    for rendered in render_pages(job.source, dpi, password, max_pages):
         number = rendered.page_number
         image = rendered.image
-        save_page_image(image, store.image_path(job.document_id, dpi, number))
-        save_thumbnail(image, store.thumbnail_path(job.document_id, dpi, number), store.settings.thumbnail_side)
+        save_page_image(image, store.image_path(job.document_id, job.version, number))
+        save_thumbnail(image, store.thumbnail_path(job.document_id, job.version, number),
+                       store.settings.thumbnail_side)
         lines: list[TextLine] = []
         text_source = "none"
         if rendered.pdf_page is not None:
@@ -272,7 +276,8 @@ def _add_page(store: PageStore, job: _Job, work: _PageWork, embedder: TextEmbedd
     for j, text in enumerate(texts):
         weights = passage_vector(text)
         if weights:  # else nothing a search could match; Milvus also refuses an empty sparse vector
-            rows.append((PassageRow(f"{page_id}:{j}", page_id, text, tuple(weights)), weights))
+            # The version in the pk keeps these rows apart from the committed version's rows of the same page.
+            rows.append((PassageRow(f"{page_id}:{job.version}:{j}", page_id, text, tuple(weights)), weights))
     if rows:
         # Embedding each page as it arrives keeps the worker rendering the next ones meanwhile; Milvus writes
         # are batched, as each call has a fixed cost.
@@ -281,7 +286,7 @@ def _add_page(store: PageStore, job: _Job, work: _PageWork, embedder: TextEmbedd
         job.unwritten += [VectorRow(row.pk, page_id, job.document_id, vec, weights)
                           for (row, weights), vec in zip(rows, dense)]
     if len(job.unwritten) >= WRITE_BATCH:
-        store.vectors.insert(job.unwritten)
+        store.vectors.insert(job.unwritten, job.version)
         job.unwritten = []
 
 

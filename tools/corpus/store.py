@@ -4,9 +4,9 @@ Layout under `home` (PAGELENS_HOME, default ./.pagelens):
     manifest.json      pagelens version, store format, embedders, chunking, default dpi
     catalog.sqlite     documents, sources, pages (text lines with boxes), passages
     milvus.db/         Milvus Lite (unless a Milvus server URI is given)
-    pages/<doc>-<dpi>/p<N>.jpg, thumbs/<doc>-<dpi>/p<N>.jpg
+    pages/<doc>-<version>/p<N>.jpg, thumbs/<doc>-<version>/p<N>.jpg
     cache/             the exact search cache (derived; rebuilt when stale)
-    lock               held by the one process that has the store open
+    lock               held by the one process that has a Milvus Lite store open: its pid and command name
 """
 
 from __future__ import annotations
@@ -15,21 +15,25 @@ import fcntl
 import json
 import os
 import shutil
-import sys
+import secrets
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pagelens import __version__
 from pagelens.errors import BadInputError, NotFoundError, StoreError
 from pagelens.tools.corpus.catalog import Catalog, PageRow
+from pagelens.tools.corpus.owners import Heartbeat, is_alive, this_process
 from pagelens.tools.imagefiles import PAGE_SUFFIX
 from pagelens.tools.pages import Document, Page, TextLine
 from pagelens.tools.retrieval.cache import MemoryIndex
 from pagelens.tools.retrieval.settings import RetrievalSettings
 from pagelens.tools.retrieval.vectors import VectorStore
 
-STORE_FORMAT = 1
+MILVUS_LITE_DIR = "milvus.db"
+"""The Milvus Lite data folder inside the store (also what `pagelens serve milvus` serves)."""
+STORE_FORMAT = 2  # 2: documents written as versions beside the committed one
 
 
 @dataclass(frozen=True)
@@ -42,42 +46,65 @@ class StoreSettings:
     """Default rendering resolution for PDF pages; recorded in the manifest."""
     thumbnail_side: int = 256
     """Longest side of a thumbnail, in pixels."""
+    max_pages: int = 2000
+    """The most pages one file may have (`index --max-pages`); a longer file is skipped, naming the limit."""
+    pdf_password: str = field(default="", repr=False)
+    """Password for protected PDFs (PAGELENS_PDF_PASSWORD or `index --password`); never written anywhere."""
 
     def __post_init__(self) -> None:
         if not 36 <= self.dpi <= 600:
             raise BadInputError(f"dpi {self.dpi} is out of range; use 36 to 600 (144 is the default).")
+        if self.max_pages < 1:
+            raise BadInputError(f"max_pages {self.max_pages} is not positive; give the most pages a file may have.")
 
     @property
     def uses_milvus_lite(self) -> bool:
         return self.milvus_uri is None
 
 
-def _command_line() -> str:
-    """This process's command line ("pagelens --home X serve mcp"), so a refused process learns what holds the
-    store; a password given on it is left out, since the lock file is readable."""
-    words, hide = [], False
-    for word in sys.argv[1:]:
-        words.append("***" if hide else word.split("=", 1)[0] + "=***" if word.startswith("--password=") else word)
-        hide = word == "--password"
-    program = "pagelens" if Path(sys.argv[0]).name == "__main__.py" else Path(sys.argv[0]).name
-    return " ".join([program, *words])[:300]
+def hold_lock(home: Path, holder: str):
+    """Take the store's lock file for this process, writing its pid and `holder` (a command name, never the
+    command line: that can carry a password); raise StoreError naming the holder if another process has it."""
+    handle = open(home / "lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        found = handle.read().strip()  # "<pid> <command>"
+        handle.close()
+        who = f" (process {found})" if found else ""
+        raise StoreError(
+            f"the store {home} is open in another process{who}; Milvus Lite allows one process at a "
+            f"time, so stop that process, or share the store through a Milvus server: run `pagelens serve milvus` "
+            f"and set the PAGELENS_MILVUS_URI it prints."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()} {holder}")
+    handle.flush()
+    return handle
 
 
 class PageStore:
     """An open store. Use as a context manager, or call close()."""
 
-    def __init__(self, settings: StoreSettings, retrieval: RetrievalSettings | None = None, *, rebuild: bool = False):
+    def __init__(self, settings: StoreSettings, retrieval: RetrievalSettings | None = None, *, rebuild: bool = False,
+                 holder: str = "pagelens"):
+        """`holder` names what opened the store (a command such as "pagelens index") for a refused second process."""
         self.settings = settings
         self.retrieval = retrieval or RetrievalSettings()
         self.home = settings.home.resolve()
         self.home.mkdir(parents=True, exist_ok=True)
-        self._lock_file = self._lock() if settings.uses_milvus_lite else None
+        self._lock_file = hold_lock(self.home, holder) if settings.uses_milvus_lite else None
+        self._owner = this_process()
+        self._heartbeat: Heartbeat | None = None
+        self._owner_lock = threading.Lock()
         try:
             if rebuild:
                 self._wipe()
             self._check_manifest()
             self.catalog = Catalog(self.home / "catalog.sqlite")
-            self.vectors = VectorStore(settings.milvus_uri or str(self.home / "milvus.db"), self._dim(),
+            self.vectors = VectorStore(settings.milvus_uri or str(self.home / MILVUS_LITE_DIR), self._dim(),
                                        recreate=rebuild)
             self._cache: MemoryIndex | None = None
             # The agent API searches from worker threads: one rebuilds a stale cache while the others wait.
@@ -88,25 +115,6 @@ class PageStore:
             raise
 
     # -- opening --------------------------------------------------------------------------------------
-    def _lock(self):
-        handle = open(self.home / "lock", "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
-            handle.close()
-            who = f" (process {holder})" if holder else ""
-            raise StoreError(
-                f"the store {self.home} is open in another process{who}; Milvus Lite allows one process at a "
-                f"time, so stop that process, or set PAGELENS_MILVUS_URI to a Milvus server to share a store."
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()} {_command_line()}".strip())
-        handle.flush()
-        return handle
-
     def _release(self) -> None:
         if self._lock_file is not None:
             self._lock_file.close()
@@ -144,23 +152,33 @@ class PageStore:
         return make_embedder(self.retrieval.embedder).dim
 
     def recover(self) -> None:
-        """Undo what a killed run left: vectors and images of documents that never committed."""
-        for document_id in self.catalog.pending():
-            self.vectors.delete_document(document_id)
-            self.catalog.clear_pending(document_id)
+        """Undo what dead owners left: the vectors and images of versions that never committed or were replaced.
+
+        Another process's work in progress (its owner alive, see `owners`) is left alone."""
+        roots = [self.home / kind for kind in ("pages", "thumbs")]
+        folders = [folder for root in roots if root.is_dir() for folder in root.iterdir()]
+        owners = self.catalog.owners()
+        for version, document_id, key in self.catalog.pending():
+            known = owners.get(key)
+            if key != self._owner.key and (known is None or not is_alive(*known)):
+                self.discard_version(document_id, version)
+        for key, known in owners.items():
+            if key != self._owner.key and not is_alive(*known):
+                self.catalog.forget_owner(key)
         for document_id, *_ in self.catalog.documents():
             if not self.catalog.sources(document_id):  # its path was re-indexed with other content
                 self.delete_document(document_id)
-        self.vectors.flush()
-        committed = {self.folder_name(d[0], d[3]) for d in self.catalog.documents()}
-        for kind in ("pages", "thumbs"):
-            root = self.home / kind
-            if root.is_dir():
-                for folder in root.iterdir():
-                    if folder.name not in committed:
-                        shutil.rmtree(folder, ignore_errors=True)
+        # Folders listed before the catalogue is read: a version's pending row exists before its first image.
+        kept = {self.folder_name(d[0], d[6]) for d in self.catalog.documents()}
+        kept |= {self.folder_name(document_id, version) for version, document_id, _ in self.catalog.pending()}
+        for folder in folders:
+            if folder.name not in kept:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self.catalog.forget_owner(self._owner.key)
         self.catalog.close()
         self.vectors.close()
         self._release()
@@ -173,26 +191,22 @@ class PageStore:
 
     # -- paths ----------------------------------------------------------------------------------------
     @staticmethod
-    def folder_name(document_id: str, dpi: int) -> str:
-        return f"{document_id[:12]}-{dpi}"
+    def folder_name(document_id: str, version: str) -> str:
+        return f"{document_id[:12]}-{version}"
 
-    def image_path(self, document_id: str, dpi: int, page_number: int) -> Path:
-        return self.home / "pages" / self.folder_name(document_id, dpi) / f"p{page_number}{PAGE_SUFFIX}"
+    def image_path(self, document_id: str, version: str, page_number: int) -> Path:
+        return self.home / "pages" / self.folder_name(document_id, version) / f"p{page_number}{PAGE_SUFFIX}"
 
-    def thumbnail_path(self, document_id: str, dpi: int, page_number: int) -> Path:
-        return self.home / "thumbs" / self.folder_name(document_id, dpi) / f"p{page_number}{PAGE_SUFFIX}"
-
-    def remove_images(self, document_id: str, dpi: int) -> None:
-        for kind in ("pages", "thumbs"):
-            shutil.rmtree(self.home / kind / self.folder_name(document_id, dpi), ignore_errors=True)
+    def thumbnail_path(self, document_id: str, version: str, page_number: int) -> Path:
+        return self.home / "thumbs" / self.folder_name(document_id, version) / f"p{page_number}{PAGE_SUFFIX}"
 
     # -- reads ----------------------------------------------------------------------------------------
     def _page(self, row: PageRow) -> Page:
         return Page(
             page_id=row.page_id, document_id=row.document_id, document=row.document,
             page_number=row.page_number, width=row.width, height=row.height, dpi=row.dpi,
-            image_path=self.image_path(row.document_id, row.dpi, row.page_number),
-            thumbnail_path=self.thumbnail_path(row.document_id, row.dpi, row.page_number),
+            image_path=self.image_path(row.document_id, row.version, row.page_number),
+            thumbnail_path=self.thumbnail_path(row.document_id, row.version, row.page_number),
             text_source=row.text_source,  # type: ignore[arg-type]
         )
 
@@ -222,17 +236,34 @@ class PageStore:
         return [d for d in self.documents() if fnmatchcase(d.name, pattern)]
 
     # -- changes --------------------------------------------------------------------------------------
+    @property
+    def owner_key(self) -> str:
+        """This process as the owner of the versions it writes; recorded, and kept alive, from first use."""
+        with self._owner_lock:  # the agent API's threads share the store: one heartbeat per process
+            if self._heartbeat is None:
+                self.catalog.record_owner(self._owner, time.time())
+                self._heartbeat = Heartbeat(lambda: self.catalog.record_owner(self._owner, time.time()))
+        return self._owner.key
+
+    def begin_version(self, document_id: str) -> str:
+        """A new version id for the document, pending under this process until committed or discarded."""
+        version = secrets.token_hex(4)
+        self.catalog.begin_version(document_id, version, self.owner_key)
+        return version
+
+    def discard_version(self, document_id: str, version: str) -> None:
+        """Delete a version's vectors and images, then forget it (a crash in between leaves it pending)."""
+        self.vectors.delete_version(document_id, version)
+        self.vectors.flush()
+        for kind in ("pages", "thumbs"):
+            shutil.rmtree(self.home / kind / self.folder_name(document_id, version), ignore_errors=True)
+        self.catalog.end_version(version)
+
     def delete_document(self, document_id: str) -> None:
         """Remove a document's pages, images and vectors."""
-        row = self.catalog.document(document_id)
-        if row is None:
-            return
-        self.catalog.mark_pending(document_id)
-        self.catalog.delete_document(document_id)
-        self.vectors.delete_document(document_id)
-        self.vectors.flush()
-        self.catalog.clear_pending(document_id)
-        self.remove_images(document_id, row[3])
+        version = self.catalog.delete_document(document_id, self.owner_key)
+        if version is not None:
+            self.discard_version(document_id, version)
 
     # -- search backend -------------------------------------------------------------------------------
     def use_memory_index(self) -> bool:

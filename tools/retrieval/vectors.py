@@ -72,6 +72,8 @@ class VectorStore:
         schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("page_id", DataType.VARCHAR, max_length=64)
         schema.add_field("document_id", DataType.VARCHAR, max_length=64)
+        # The document version the row belongs to: a re-index writes its rows beside the committed ones.
+        schema.add_field("version", DataType.VARCHAR, max_length=16)
         schema.add_field("dense", DataType.FLOAT_VECTOR, dim=self.dim)
         schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
         index = self._client.prepare_index_params()
@@ -93,19 +95,21 @@ class VectorStore:
     def uses_milvus_lite(self) -> bool:
         return self.uri.endswith(".db")
 
-    def insert(self, rows: list[VectorRow]) -> None:
+    def insert(self, rows: list[VectorRow], version: str) -> None:
+        """Write rows of one document version (their pks must be unique to that version)."""
         if rows:
             self._client.upsert(
                 COLLECTION,
                 [
-                    {"pk": r.pk, "page_id": r.page_id, "document_id": r.document_id,
+                    {"pk": r.pk, "page_id": r.page_id, "document_id": r.document_id, "version": version,
                      "dense": r.dense.tolist(), "sparse": r.sparse}
                     for r in rows
                 ],
             )
 
-    def delete_document(self, document_id: str) -> None:
-        self._client.delete(COLLECTION, filter=document_filter([document_id]))
+    def delete_version(self, document_id: str, version: str) -> None:
+        # Both are hex digits (a digest and a token): nothing to escape.
+        self._client.delete(COLLECTION, filter=f'document_id == "{document_id}" and version == "{version}"')
 
     def flush(self) -> None:
         self._client.flush(COLLECTION)
