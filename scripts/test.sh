@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need on a fresh machine (Debian's LibreOffice and Chromium, a virtual environment with the CPU
-# build of torch first, then pagelens non-editable with its dev extra) and run the whole test suite.
+# build of torch first, then pagelens non-editable with its dev and train extras) and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +19,7 @@ VENV="${PAGELENS_TEST_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q torch==2.13.0      # the CPU build; a looser spec pulls a CUDA build
-"$VENV/bin/python" -m pip install -q --force-reinstall --no-deps . && "$VENV/bin/python" -m pip install -q ".[dev]"
+"$VENV/bin/python" -m pip install -q --force-reinstall --no-deps . && "$VENV/bin/python" -m pip install -q ".[dev,train]"
 
 # The pytest script (not `python -m pytest`) keeps the source folder off sys.path, so the tests import the
 # installed package and a packaging mistake fails here.
