@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from pagelens.errors import BadInputError
 from pagelens.servers.cli import EXIT_FAILED_FILES, EXIT_NO_ANSWER, parse_size, print_json
-from pagelens.servers.config import load_settings
+from pagelens.servers.config import load_settings, policy_url
 from pagelens.tools.corpus.files import printable
 from pagelens.tools.corpus.store import PageStore
 
@@ -135,8 +135,7 @@ def ask(args: argparse.Namespace) -> int:
     from pagelens.graph.policies import make_policy
     from pagelens.servers.answers import print_result, step_printer, write_outputs
 
-    url = None if args.policy is None else ("" if args.policy == "extractive" else args.policy)
-    settings = load_settings(home=args.home, url=url, model=args.model, protocol=args.protocol,
+    settings = load_settings(home=args.home, url=policy_url(args.policy), model=args.model, protocol=args.protocol,
                              max_turns=args.max_turns, run_timeout=args.timeout, template=args.template,
                              bbox_convention=args.bbox_convention)
     with PageStore(settings.store, settings.retrieval, holder="pagelens ask") as store:

@@ -55,6 +55,12 @@ class Settings:
     serving: ServingSettings
 
 
+def policy_url(choice: str | None) -> str | None:
+    """A `--policy` flag as the policy URL setting: None (unset) leaves the environment's, "extractive" is the empty
+    URL that selects the offline policy, anything else is the endpoint's URL."""
+    return None if choice is None else "" if choice == "extractive" else choice
+
+
 def load_settings(env: Mapping[str, str] | None = None, **flags: object) -> Settings:
     """All settings; `flags` are CLI overrides named after the settings fields (None = unset).
 

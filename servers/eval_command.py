@@ -15,7 +15,7 @@ from pathlib import Path
 from pagelens.errors import BadInputError
 from pagelens.servers.cli import print_json
 from pagelens.servers.commands import note
-from pagelens.servers.config import load_settings
+from pagelens.servers.config import load_settings, policy_url
 from pagelens.training.settings import EvalSettings
 
 SAMPLE_QUESTIONS = "questions.jsonl"
@@ -56,8 +56,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     path = _questions_file(args)
     questions = read_questions(path)  # a bad line fails before the store opens or anything runs
-    url = None if args.policy is None else ("" if args.policy == "extractive" else args.policy)
-    settings = load_settings(home=args.home, url=url, model=args.model, protocol=args.protocol)
+    settings = load_settings(home=args.home, url=policy_url(args.policy), model=args.model, protocol=args.protocol)
     chosen = EvalSettings(**{key: value for key, value in (("k", args.k), ("limit", args.limit)) if value is not None})
     with PageStore(settings.store, settings.retrieval, holder="pagelens eval") as store:
         if args.sample:
