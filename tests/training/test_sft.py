@@ -156,3 +156,25 @@ def test_tiny_model_command_writes_a_checkpoint_that_loads_offline(cli, tmp_path
 
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "tiny", local_files_only=True)
     assert model.config.model_type == "qwen2_5_vl"
+
+
+def test_tiny_model_command_keeps_the_most_frequent_qwen_tokens_and_widens(cli, tmp_path):
+    cli("tiny-model", "qwen2.5-vl", str(tmp_path / "tiny"), "--vocab-size", "4096", "--hidden-size", "128")
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tiny", local_files_only=True)
+    assert len(tokenizer) == 4096 + 22 and tokenizer.convert_tokens_to_ids("<|image_pad|>") == 4096 + 12
+    text = "<search>What torque is specified for the KX-40 blade root bolts? 安全</search>"
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text and max(ids) < 4096  # rare words and scripts are spelled in pieces
+    assert len(ids) < len(text.encode()) / 2  # frequent words stay whole
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "tiny", local_files_only=True)
+    assert model.config.text_config.hidden_size == 128 and model.config.vision_config.out_hidden_size == 128
+    assert sum(model.config.text_config.rope_parameters["mrope_section"]) == 128 // 4 // 2
+
+    proc = cli("tiny-model", "qwen2.5-vl", str(tmp_path / "bad"), "--vocab", "small", "--vocab-size", "300",
+               check=False)
+    assert proc.returncode == 2 and "applies to the 'qwen' vocabulary" in proc.stderr
+    proc = cli("tiny-model", "qwen2.5-vl", str(tmp_path / "bad"), "--hidden-size", "96", check=False)
+    assert proc.returncode == 2 and "not a positive multiple of 64" in proc.stderr
+    assert not (tmp_path / "bad").exists()

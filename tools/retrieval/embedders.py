@@ -7,7 +7,6 @@ nothing is downloaded. Vision embedders (ColQwen2, VisRAG-Ret) implement the sam
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -49,13 +48,13 @@ class MiniLMEmbedder:
     def _load(self):
         with self._lock:
             if self._model is None:
-                import torch
+                # torch's own thread count (physical cores, or OMP_NUM_THREADS) is kept: a process that trains or
+                # serves beside the embedder sets it for itself.
                 from transformers import AutoModel, AutoTokenizer, logging as hf_logging
 
                 hf_logging.set_verbosity_error()
                 hf_logging.disable_progress_bar()
                 path = self._model_dir or bundled_minilm()
-                torch.set_num_threads(os.cpu_count() or 1)
                 self._tokenizer = AutoTokenizer.from_pretrained(path)
                 self._model = AutoModel.from_pretrained(path).eval()
         return self._tokenizer, self._model
