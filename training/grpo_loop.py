@@ -55,7 +55,7 @@ def check_judge(settings: JudgeSettings) -> None:
     """An LLM judge's endpoint answers GET /v1/models (one try, no retries), or JudgeError naming it and the fix."""
     if settings.kind == "llm":
         probe = LLMJudge(replace(settings, retries=0, request_timeout=min(settings.request_timeout, 10.0)))
-        probe._send(probe._client.models.list)
+        probe.check()
 
 
 def vrag_scores(prompt: Prompt, rollout: Rollout, judge: Judge) -> dict[str, float]:

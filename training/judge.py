@@ -83,6 +83,10 @@ class LLMJudge:
             raise JudgeError(f"the judge endpoint {self.settings.url} returned no choices; check the server's log.")
         return verdict(reply.choices[0].message.content or "")
 
+    def check(self) -> None:
+        """The endpoint answers GET /v1/models, or JudgeError naming it and the fix (with `settings.retries`)."""
+        self._send(self._client.models.list)
+
     def _model_name(self) -> str:
         if self._model is None:
             models = self._send(self._client.models.list)

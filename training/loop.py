@@ -37,6 +37,7 @@ from typing import Any
 from pagelens.errors import BadInputError
 from pagelens.training.evaluate import EvalQuestion
 from pagelens.training.rollout import LocalPolicy, RolloutSampling, TrainingSequence, collate, sequence_logprobs
+from pagelens.training.sft import save_servable
 
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
@@ -236,9 +237,7 @@ class PolicyTrainer:
 
     def save_model(self) -> None:
         """The trained model in OUT, as SFT saves it (weights, tokenizer, the source's serving files)."""
-        from pagelens.training.sft import _save
-
-        _save(self.model, self.policy.tokenizer, self.source, self.out)
+        save_servable(self.model, self.policy.tokenizer, self.source, self.out)
 
 
 def run_steps(trainer: PolicyTrainer, total: int, one_step: Callable[[PolicyTrainer], dict], *, save_steps: int,

@@ -186,7 +186,7 @@ def train_sft(model: Path, rows: Rows, out: Path, settings: SFTSettings = SFTSet
     trained = trainer.model
     if settings.lora:
         trained = trained.merge_and_unload()
-    _save(trained, processor.tokenizer, folder, out)
+    save_servable(trained, processor.tokenizer, folder, out)
     state = trainer.state
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     (out / "trainer_state.json").write_text(json.dumps(
@@ -248,7 +248,7 @@ def _step(checkpoint: Path | None) -> int | None:
     return int(checkpoint.name.split("-")[-1]) if checkpoint is not None else None
 
 
-def _save(model, tokenizer, source: Path, out: Path) -> None:
+def save_servable(model, tokenizer, source: Path, out: Path) -> None:
     """Write the trained weights and the source's serving files (tokenizer, its chat template, image processor)."""
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
