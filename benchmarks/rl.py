@@ -30,6 +30,8 @@ so both sides generate the same number of tokens.
      the graph's turns recorded (prepared before timing), same generation settings and token counts;
    - bare + encode: the same loop, each turn starting from the recorded OpenAI messages (chat template, data-URL
      decoding, image processing: `LocalPolicy._encode`), to separate image processing from the graph's own work.
+   The policy keeps each image's patches across runs (as across a group's n rollouts of one question), so after
+   the warm-up no side processes an image again.
 3. `--gpu-3b`: one RS-GRPO step (the part-1 pagelens path) of a random-weight model with Qwen2.5-VL-3B-Instruct's
    configuration (text: hidden 2048, 36 layers, 16 heads, 2 KV heads, intermediate 11008, vocabulary 151,936;
    vision: depth 32, hidden 1280, out 2048) in bf16 on CUDA: generated tokens/s, trained tokens/s, peak CUDA memory.
@@ -333,9 +335,11 @@ def part_rsgrpo(tmp: Path, model: Path, store, args) -> dict:
     expected = args.prompts * args.n * args.max_new_tokens
     for row in pagelens + trl:
         if row["new_tokens"] != expected:
-            raise SystemExit(f"a step generated {row['new_tokens']} tokens, not {expected}; the lengths were not fixed.")
+            raise SystemExit(f"a step generated {row['new_tokens']} tokens, not {expected}; "
+                             "the lengths were not fixed.")
     result = {
-        "torch_threads": torch.get_num_threads(), "prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens, "pages": args.pages,
+        "torch_threads": torch.get_num_threads(), "prompts": args.prompts, "n": args.n,
+        "max_new_tokens": args.max_new_tokens, "pages": args.pages,
         "prompt_tokens": [record["prompt_tokens"] for record in records],
         "generated_tokens_per_step": expected,
         "pagelens": {key: median(pagelens, key) for key in pagelens[0]},

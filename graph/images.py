@@ -32,7 +32,7 @@ PAGE_CACHE = 8
 ENCODED_CACHE = 64
 
 
-class _LRU(Generic[K, V]):
+class LRU(Generic[K, V]):
     """A small least-recently-used cache, safe to share between the agent API's worker threads."""
 
     def __init__(self, size: int):
@@ -77,8 +77,8 @@ class PageImages:
 
     def __init__(self, store: PageStore):
         self.store = store
-        self._pages: _LRU[str, Image.Image] = _LRU(PAGE_CACHE)
-        self._encoded: _LRU[tuple, bytes] = _LRU(ENCODED_CACHE)
+        self._pages: LRU[str, Image.Image] = LRU(PAGE_CACHE)
+        self._encoded: LRU[tuple, bytes] = LRU(ENCODED_CACHE)
         self._uploads: dict[str, Upload] = {}
         self._ocr: OcrEngine | None = None
         self._lock = threading.Lock()

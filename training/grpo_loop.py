@@ -84,8 +84,8 @@ def grpo_token_loss(logp, old_logp, advantages, mask, *, clip_ratio: float):
 
 
 def k3_kl(logp, ref_logp, mask):
-    """Low-variance KL estimate to the reference, summed over the masked tokens: exp(r) − r − 1 with r = ref − logp
-    (B, L) -> []."""
+    """Low-variance KL estimate to the reference, summed over the masked tokens: exp(r) − r − 1 with
+    r = ref − logp; (B, L) -> []."""
     delta = (ref_logp - logp).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)  # (B, L)
     return ((delta.exp() - delta - 1) * mask).sum()
 

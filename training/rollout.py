@@ -9,6 +9,8 @@ pagelens serves with.
   rendered with the checkpoint's own chat template and go through `image_only_processor` (training/sft.py: the
   Qwen2.5-VL processor with the PIL image processor, no torchvision), which expands each image into one
   `<|image_pad|>` per merged patch. Images arrive already sized by the graph (SPEC §1) and are not resized again.
+  Each image's patches are made once and kept by the hash of its data URL (`PATCH_CACHE` images): a multi-turn
+  run sends every earlier image again each turn, and a group's n rollouts show the same pages.
 - Per assistant turn it records the prompt ids, the SAMPLED ids exactly as `generate` produced them (the end token
   `<|im_end|>` included; none when the turn ran out of `max_new_tokens`) and their log-probs. The message handed
   to the graph is those ids decoded with special tokens skipped, as the transformers policy server does.
@@ -30,9 +32,9 @@ with turn k's prompt ids + sampled ids (and its images start with turn k's image
 template re-renders the assistant message from its text, and byte-level BPE re-encodes a sampled reply to other
 ids (on the real Qwen2 vocabulary, 4 of 16 eight-token replies of the tiny random model; SPEC §4: 4-7 of 8
 VRAG-RL replies), special tokens sampled mid-reply are dropped from the text, and the graph replaces images beyond
-`max_images` with a text note. Where it fails, the turn starts a new sequence with its own prompt. We chose that over feeding
-the model our own concatenated ids (one sequence always) because the model is then trained on exactly the
-contexts it is served with, where every turn's prompt is re-rendered from the messages; the cost is that split
+`max_images` with a text note. Where it fails, the turn starts a new sequence with its own prompt. We chose that
+over feeding the model our own concatenated ids (one sequence always) because the model is then trained on exactly
+the contexts it is served with, where every turn's prompt is re-rendered from the messages; the cost is that split
 turns re-encode their prompts. Each sequence's loss mask is 1 exactly on sampled ids: prompt, observation (user
 text and images the graph adds after an action), template and image tokens are 0 by construction, never found
 by re-tokenising text.
@@ -50,9 +52,11 @@ from typing import Any
 
 from pagelens.errors import BadInputError, PageLensError
 from pagelens.graph.build import Agent
+from pagelens.graph.images import LRU
 from pagelens.graph.policy import Completion, PolicyRequest
 from pagelens.graph.run import RunResult
 
+PATCH_CACHE = 64  # images: a group's pages and their crops, a few dozen
 _SEED_STRIDE = 1_000_003  # turn seeds of neighbouring rollout seeds never collide within a million turns
 
 
@@ -156,6 +160,7 @@ class LocalPolicy:
             return_dict_in_generate=True, output_logits=True)
         self._turns: list[TurnRecord] = []
         self._images: dict[str, tuple[Any, Any]] = {}
+        self._patches: LRU[str, tuple[Any, Any]] = LRU(PATCH_CACHE)
 
     @classmethod
     def from_folder(cls, folder: Path | str, sampling: RolloutSampling = RolloutSampling(), *,
@@ -208,35 +213,47 @@ class LocalPolicy:
                           completion_tokens=len(sampled))
 
     def _encode(self, messages: list[dict]) -> tuple[dict[str, Any], tuple[str, ...]]:
-        """OpenAI messages → model inputs on the model's device, and the keys of their images in order."""
-        images, keys, rendered = [], [], []
+        """OpenAI messages → model inputs on the model's device, and the keys of their images in order; what the
+        processor's own call gives, with each image's patches made once (`_patches`)."""
+        import torch
+
+        urls, rendered = [], []
         for message in messages:
             content = message["content"]
             if isinstance(content, list):
                 parts = []
                 for part in content:
                     if part.get("type") == "image_url":
-                        url = part["image_url"]["url"]
-                        images.append(_decode_data_url(url))
-                        keys.append(hashlib.sha1(url.encode()).hexdigest())
+                        urls.append(part["image_url"]["url"])
                         parts.append({"type": "image"})
                     else:
                         parts.append(part)
                 content = parts
             rendered.append({"role": message["role"], "content": content})
         text = self.tokenizer.apply_chat_template(rendered, tokenize=False, add_generation_prompt=True)
-        encoded = self.processor(text=[text], images=images or None, return_tensors="pt")
-        if images:  # keep each image's patches once per rollout, on the CPU
-            grid = encoded["image_grid_thw"]
-            chunks = encoded["pixel_values"].split(grid.prod(-1).tolist())
-            for key, chunk, row in zip(keys, chunks, grid):
-                self._images.setdefault(key, (chunk, row))
+        keys = tuple(hashlib.sha1(url.encode()).hexdigest() for url in urls)
+        patches = [self._patches.get(key, lambda url=url: self._make_patches(url)) for key, url in zip(keys, urls)]
+        for key, patch in zip(keys, patches):  # this run's images, for its training sequences
+            self._images.setdefault(key, patch)
+        inputs = {}
+        if patches:
+            grid = torch.stack([row for _, row in patches])
+            replacements = [self.processor.replace_image_token({"image_grid_thw": grid}, image_idx=i)
+                            for i in range(len(patches))]
+            text = self.processor.get_text_with_replacements([text], replacements)[0][0]
+            inputs = {"pixel_values": torch.cat([chunk for chunk, _ in patches]), "image_grid_thw": grid}
+        inputs.update(self.tokenizer([text], return_tensors="pt"))
         device, dtype = self.model.device, self.model.dtype
-        inputs = {name: value.to(device) for name, value in encoded.items()}
+        inputs = {name: value.to(device) for name, value in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.image_token_id).int()
-        return inputs, tuple(keys)
+        return inputs, keys
+
+    def _make_patches(self, url: str) -> tuple[Any, Any]:
+        """One image's patches (n_patches, C) and its grid row (t, h, w), on the CPU."""
+        encoded = self.processor.image_processor([_decode_data_url(url)], return_tensors="pt")
+        return encoded["pixel_values"], encoded["image_grid_thw"][0]
 
     def _sample(self, inputs: dict[str, Any], turn: int) -> tuple[list[int], Any]:
         """Sample one reply: its ids and the raw logits (new tokens, V) each id was drawn from."""

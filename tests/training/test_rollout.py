@@ -119,6 +119,43 @@ def test_rollout_ids_mask_and_logprobs_through_the_graph(store, small_model):
     policy.model.zero_grad()
 
 
+def _data_url(color: str, size: tuple[int, int]) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_prompts_equal_the_processors_own_with_each_image_processed_once(small_model):
+    from PIL import Image
+
+    policy = LocalPolicy.from_folder(small_model, device="cpu")
+    page, crop = _data_url("red", (280, 200)), _data_url("blue", (120, 330))
+    turn0 = [{"role": "system", "content": "Answer."},
+             {"role": "user", "content": [{"type": "text", "text": "q"},
+                                          {"type": "image_url", "image_url": {"url": page}}]}]
+    turn1 = turn0 + [{"role": "assistant", "content": "<bbox>[0, 0, 10, 10]</bbox>"},
+                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": crop}}]}]
+    calls = []
+    make = policy._make_patches
+    policy._make_patches = lambda url: calls.append(url) or make(url)
+    policy._encode(turn0)
+    inputs, keys = policy._encode(turn1)
+    assert calls == [page, crop] and len(set(keys)) == 2  # the page once, then only the new crop
+
+    rendered = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else
+                 [{"type": "image"} if part["type"] == "image_url" else part for part in m["content"]]} for m in turn1]
+    text = policy.tokenizer.apply_chat_template(rendered, tokenize=False, add_generation_prompt=True)
+    images = [Image.new("RGB", (280, 200), "red"), Image.new("RGB", (120, 330), "blue")]
+    expected = policy.processor(text=[text], images=images, return_tensors="pt")
+    for name in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw"):
+        assert torch.equal(inputs[name], expected[name].to(inputs[name].dtype)), name
+
+
 def test_reencoding_a_sampled_reply_can_change_its_ids(store, tiny_qwen):
     """(d) On the real Qwen2 vocabulary the text of a sampled reply can re-encode to other ids (here found by
     sampling at temperature 1 until a reply does), which is why sampled ids are kept: the sequence trains on the
