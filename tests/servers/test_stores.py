@@ -121,6 +121,39 @@ def test_serve_milvus_lets_one_process_index_while_another_searches(cli, realwor
         _check_whole(store)
 
 
+def test_two_openers_of_a_new_store_on_one_server_both_succeed(tmp_path):
+    """Both find no collection and both create it; the second creation fails on the server and must be taken
+    as "it exists now" (seen in CI: a search opening the store while `pagelens index` created it)."""
+    import threading
+
+    from pymilvus import MilvusClient
+
+    from pagelens.tools.retrieval.vectors import COLLECTION, VectorStore
+
+    with _serve_milvus(tmp_path / "home", tmp_path) as uri:
+        errors: list[BaseException] = []
+        for _ in range(6):  # one round in three lost the race before the fix
+            admin = MilvusClient(uri)
+            if admin.has_collection(COLLECTION):
+                admin.drop_collection(COLLECTION)
+            admin.close()
+            start = threading.Barrier(2)
+
+            def open_store():
+                start.wait()
+                try:
+                    VectorStore(uri, 8).close()
+                except BaseException as error:  # noqa: BLE001 - reported below with the others
+                    errors.append(error)
+
+            openers = [threading.Thread(target=open_store) for _ in range(2)]
+            for opener in openers:
+                opener.start()
+            for opener in openers:
+                opener.join()
+        assert not errors, errors
+
+
 def test_an_index_in_progress_survives_another_process_opening_the_store(realworld, tmp_path):
     docs = _copy(realworld, tmp_path / "docs", DOCS)
     home = tmp_path / "home"

@@ -125,8 +125,9 @@ def _weights(folder: Path) -> dict:
     return load_file(folder / "model.safetensors")
 
 
-def test_rsgrpo_and_grpo_through_the_cli(cli, small_model, questions, sample_copy, tmp_path):
-    (tmp_path / "pagelens.toml").write_text("[agent]\nevisrag_pages = 1\n")  # the cli runs in tmp_path
+def test_rsgrpo_and_grpo_through_the_cli(cli, small_model, questions, sample_copy, policy_server, tmp_path):
+    # the cli runs in tmp_path: one page, short replies
+    (tmp_path / "pagelens.toml").write_text("[agent]\nevisrag_pages = 1\n\n[policy]\nmax_tokens = 16\n")
     out = tmp_path / "rsgrpo"
     common = ["--model", str(small_model), "--data", str(questions), "--n", "2", "--prompts-per-step", "2",
               "--max-new-tokens", "24", "--device", "cpu", "--lr", "1e-3"]
@@ -145,6 +146,10 @@ def test_rsgrpo_and_grpo_through_the_cli(cli, small_model, questions, sample_cop
     assert served.model.config.model_type == "qwen2_5_vl"
     trained, source = _weights(out), _weights(small_model)
     assert trained.keys() == source.keys()
+    url, _ = policy_server(model=out)  # served, and scored by `pagelens eval`
+    summary = json.loads(cli("eval", str(questions), "--policy", url, "--protocol", "evisrag", "--json",
+                             home=sample_copy).stdout)
+    assert summary["n"] == 1 and 0.0 <= summary["turns"]["valid_rate"] <= 1.0
 
     grpo = tmp_path / "grpo"
     cli("train", "grpo", *common, "--out", str(grpo), "--steps", "1", "--max-turns", "1", "--protocol", "pagelens",

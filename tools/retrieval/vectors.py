@@ -66,7 +66,7 @@ class VectorStore:
         self._client.load_collection(COLLECTION)
 
     def _create(self) -> None:
-        from pymilvus import DataType
+        from pymilvus import DataType, MilvusException
 
         schema = self._client.create_schema(auto_id=False)
         schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
@@ -80,7 +80,13 @@ class VectorStore:
         index.add_index("dense", index_type="HNSW", metric_type="IP", params=HNSW_BUILD)
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
         index.add_index("document_id", index_type="INVERTED")
-        self._client.create_collection(COLLECTION, schema=schema, index_params=index)
+        try:
+            self._client.create_collection(COLLECTION, schema=schema, index_params=index)
+        except MilvusException:
+            # Two processes opening a new store on one Milvus server both find no collection; the one that
+            # creates it second fails, and uses the first one's (same schema).
+            if not self._client.has_collection(COLLECTION):
+                raise
 
     def close(self) -> None:
         self._client.close()
