@@ -7,10 +7,12 @@ Layout under `home` (PAGELENS_HOME, default ./.pagelens):
     pages/<doc>-<version>/p<N>.jpg, thumbs/<doc>-<version>/p<N>.jpg
     cache/             the exact search cache (derived; rebuilt when stale)
     lock               held by the one process that has a Milvus Lite store open: its pid and command name
+    opening.lock       held while a process opens the store (processes sharing a Milvus server take turns)
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -85,6 +87,15 @@ def hold_lock(home: Path, holder: str):
     return handle
 
 
+@contextlib.contextmanager
+def opening_lock(home: Path):
+    """Held while a process opens the store (manifest, catalogue, vectors): processes sharing it through a Milvus
+    server take turns, so one writes a new store's manifest and creates its collection, and the others find them."""
+    with open(home / "opening.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 class PageStore:
     """An open store. Use as a context manager, or call close()."""
 
@@ -100,12 +111,13 @@ class PageStore:
         self._heartbeat: Heartbeat | None = None
         self._owner_lock = threading.Lock()
         try:
-            if rebuild:
-                self._wipe()
-            self._check_manifest()
-            self.catalog = Catalog(self.home / "catalog.sqlite")
-            self.vectors = VectorStore(settings.milvus_uri or str(self.home / MILVUS_LITE_DIR), self._dim(),
-                                       recreate=rebuild)
+            with opening_lock(self.home):
+                if rebuild:
+                    self._wipe()
+                self._check_manifest()
+                self.catalog = Catalog(self.home / "catalog.sqlite")
+                self.vectors = VectorStore(settings.milvus_uri or str(self.home / MILVUS_LITE_DIR), self._dim(),
+                                           recreate=rebuild)
             self._cache: MemoryIndex | None = None
             # The agent API searches from worker threads: one rebuilds a stale cache while the others wait.
             self._cache_lock = threading.Lock()
