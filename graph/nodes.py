@@ -174,7 +174,9 @@ def _weighted_selection(context: AgentContext, state: AgentState, request: Polic
             render_messages=lambda single=single, shown=[by_index[index]]: openai_messages(
                 single, shown, context.pages, 1)))
         completions.append(completion)
-        score = state["images"][index - 1].get("score", 0.0)
+        # The embedding similarity, as VisRAG weighs pages (SPEC §6): fused RRF scores (about 0.016-0.033) would
+        # make every weight nearly equal.
+        score = state["images"][index - 1].get("similarity", 0.0)
         candidates.append((completion.text, score, completion.logprobs))
     chosen, combined = weighted_selection(candidates)
     weighing = {"weighted": [{"image": index, "answer": c.text[-200:], "score": round(s, 6)}
@@ -226,7 +228,8 @@ def search(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         index = len(images) + 1
         shown = ShownImage(index, page.page_id, page.document, page.page_number,
                            SeenImage.whole_page(page.page_id, page.width, page.height, *seen_size))
-        images.append({**image_record(shown, page.width, page.height), "score": hit.score})
+        images.append({**image_record(shown, page.width, page.height), "score": hit.score,
+                       "similarity": hit.similarity})
         shown_pages.append(page.page_id)
         parts.append({"type": "image", "image": index})
         if settings.page_text:

@@ -186,8 +186,9 @@ def serve_policy(args: argparse.Namespace) -> int:
 
         if not args.model:
             raise BadInputError("serve policy --backend vllm needs --model, a checkpoint folder or Hugging Face name.")
-        agent = load_settings(home=args.home, protocol=args.protocol).agent
-        command = vllm_command(args.model, agent, host=args.host, port=args.port,
+        settings = load_settings(home=args.home, protocol=args.protocol)
+        command = vllm_command(args.model, settings.agent, reply_tokens=settings.policy.max_tokens,
+                               host=args.host, port=args.port,
                                served_model_name=args.served_model_name, max_model_len=args.max_model_len,
                                min_pixels=args.min_pixels, max_pixels=args.max_pixels)
         if args.dry_run:

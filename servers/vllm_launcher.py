@@ -8,7 +8,8 @@ built here caps each of them at what the agent actually sends:
   recent for vrag and pagelens; SPEC §2: 5 pages for evisrag, one when its pages go as one image); no video.
 - `--mm-processor-kwargs {"min_pixels": …, "max_pixels": …}`: the image area bounds pagelens resizes to
   (SPEC §1: 256·28·28 to 512·28·28), so the processor never resizes again and the token count per image is known.
-- `--max-model-len`: the longest request plus its reply (formula in `needed_model_len`), in steps of 1024.
+- `--max-model-len`: the longest request plus its reply (formula in `needed_model_len`; a reply is `[policy]
+  max_tokens`, what the agent asks for), in steps of 1024.
 
 vLLM itself needs a CUDA GPU; it is an optional dependency (`pip install 'pagelens[vllm]'`).
 """
@@ -36,8 +37,6 @@ IMAGE_MARKER_TOKENS = 2
 # The chat template's default system message, the protocol's instruction (the bundled ones are under 500 tokens;
 # a --template may be longer) and the question.
 PROMPT_TOKENS = 1024
-# A reply's max_tokens: the policy's default for the multi-turn protocols, the EVisRAG authors' 2048 (SPEC §2).
-REPLY_TOKENS = {"pagelens": 1024, "vrag": 1024, "evisrag": 2048}
 # The text of one observation turn besides its image ("[image 3]", the invalid-action or answer-now message).
 OBSERVATION_TOKENS = 128
 # An image's extracted text when `page_text` sends it with the image, as delimited data (a dense page).
@@ -56,20 +55,20 @@ def images_per_prompt(agent: AgentSettings) -> int:
     return agent.max_images
 
 
-def needed_model_len(agent: AgentSettings, max_pixels: int) -> int:
-    """Context length that fits the longest request and its reply, rounded up to a multiple of 1024.
+def needed_model_len(agent: AgentSettings, max_pixels: int, reply: int) -> int:
+    """Context length that fits the longest request and its reply (`reply` tokens: the max_tokens the policy asks
+    for), rounded up to a multiple of 1024.
 
     Tokens = N · (max_pixels / (28·28) + 2 [+ page text])    the images, each at most max_pixels
            + PROMPT_TOKENS                                    system message, instruction, question
            + T · (reply + OBSERVATION_TOKENS)                 T earlier action turns: T = max_turns (multi-turn), 0
                                                               (evisrag); every reply taken at its full max_tokens
            + reply                                            the reply to this request
-    e.g. pagelens with the defaults: 10·514 + 1024 + 6·1152 + 1024 = 14,100 → 14,336.
+    e.g. pagelens with the defaults (reply 1024): 10·514 + 1024 + 6·1152 + 1024 = 14,100 → 14,336.
     """
     per_image = math.ceil(max_pixels / IMAGE_TOKEN_PIXELS) + IMAGE_MARKER_TOKENS
     if agent.page_text:
         per_image += PAGE_TEXT_TOKENS
-    reply = REPLY_TOKENS[agent.protocol]
     turns = 0 if agent.protocol == "evisrag" else agent.max_turns
     tokens = images_per_prompt(agent) * per_image + PROMPT_TOKENS + turns * (reply + OBSERVATION_TOKENS) + reply
     return math.ceil(tokens / MODEL_LEN_STEP) * MODEL_LEN_STEP
@@ -81,9 +80,11 @@ def served_name(model: str) -> str:
     return path.resolve().name if path.is_dir() else model
 
 
-def vllm_command(model: str, agent: AgentSettings, *, host: str, port: int, served_model_name: str | None,
-                 max_model_len: int | None, min_pixels: int, max_pixels: int) -> list[str]:
-    """The `vllm serve MODEL …` command line serving `model` for `agent`'s protocol."""
+def vllm_command(model: str, agent: AgentSettings, *, reply_tokens: int, host: str, port: int,
+                 served_model_name: str | None, max_model_len: int | None, min_pixels: int,
+                 max_pixels: int) -> list[str]:
+    """The `vllm serve MODEL …` command line serving `model` for `agent`'s protocol, replies of up to
+    `reply_tokens` (`[policy] max_tokens`)."""
     if not model.strip():
         raise BadInputError("the model is empty; give --model a checkpoint folder or a Hugging Face name.")
     if not 1 <= port <= 65535:
@@ -92,7 +93,7 @@ def vllm_command(model: str, agent: AgentSettings, *, host: str, port: int, serv
         raise BadInputError(f"--min-pixels {min_pixels} and --max-pixels {max_pixels} are not 0 < min <= max; "
                             f"use e.g. {MIN_PIXELS} and {MAX_PIXELS}.")
     images = images_per_prompt(agent)
-    needed = needed_model_len(agent, max_pixels)
+    needed = needed_model_len(agent, max_pixels, reply_tokens)
     # Below the images and the prompt alone no request fits; a length between that and `needed` is the user's call
     # (replies and turns are budgeted at their maximum).
     smallest = images * max_pixels // IMAGE_TOKEN_PIXELS + PROMPT_TOKENS

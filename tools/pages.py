@@ -148,11 +148,14 @@ class Page:
 
 @dataclass(frozen=True)
 class Hit:
-    """A page found by a search: its score (higher is better) and the passage that matched."""
+    """A page found by a search: its score (higher is better; the fused rank score), the passage that matched, and
+    its similarity: the cosine between the query's and its best passage's embeddings (0 when the dense route did
+    not find it), a retrieval score on the embedder's own scale."""
 
     page: Page
     score: float
     snippet: str
+    similarity: float = 0.0
 
     def to_dict(self) -> dict:
         return {

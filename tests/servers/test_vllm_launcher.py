@@ -29,8 +29,8 @@ def flags(command: list[str]) -> dict[str, str]:
 
 
 def command_for(agent: AgentSettings, **overrides) -> list[str]:
-    options = {"host": "127.0.0.1", "port": 8000, "served_model_name": None, "max_model_len": None,
-               "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, **overrides}
+    options = {"reply_tokens": 1024, "host": "127.0.0.1", "port": 8000, "served_model_name": None,
+               "max_model_len": None, "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, **overrides}
     return vllm_command(VRAG, agent, **options)
 
 
@@ -38,8 +38,8 @@ def command_for(agent: AgentSettings, **overrides) -> list[str]:
     # 10·514 + 1024 + 6·(1024 + 128) + 1024 = 14,100 tokens → 14,336 (see needed_model_len)
     ("pagelens", 10, 14336),
     ("vrag", 10, 14336),
-    # 5·514 + 1024 + 2048 = 5,642 → 6,144
-    ("evisrag", 5, 6144),
+    # 5·514 + 1024 + 1024 = 4,618 → 5,120
+    ("evisrag", 5, 5120),
 ])
 def test_dry_run_prints_the_command_for_each_protocol(cli, protocol, images, model_len):
     out = cli("serve", "policy", "--backend", "vllm", "--model", VRAG, "--protocol", protocol, "--dry-run",
@@ -52,6 +52,14 @@ def test_dry_run_prints_the_command_for_each_protocol(cli, protocol, images, mod
     assert int(options["--max-model-len"]) == model_len
     assert options["--served-model-name"] == VRAG
     assert (options["--host"], options["--port"]) == ("127.0.0.1", "8011")
+
+
+def test_the_context_holds_the_replies_the_policy_asks_for(cli, tmp_path):
+    """`[policy] max_tokens` is each reply's budget: 4096 instead of 1024 adds 3072 tokens to each of the 6 earlier
+    turns and to the reply (pagelens: 10·514 + 1024 + 6·(4096 + 128) + 4096 = 35,604 → 35,840)."""
+    (tmp_path / "pagelens.toml").write_text("[policy]\nmax_tokens = 4096\n")  # the cli runs in tmp_path
+    command = shlex.split(cli("serve", "policy", "--backend", "vllm", "--model", VRAG, "--dry-run").stdout)
+    assert flags(command)["--max-model-len"] == "35840"
 
 
 def test_without_vllm_installed_serving_exits_2_with_one_sentence(cli):
@@ -75,7 +83,8 @@ def test_command_follows_the_agent_settings(tmp_path):
     evisrag = flags(command_for(AgentSettings(protocol="evisrag", single_image="horizontal")))
     assert json.loads(evisrag["--limit-mm-per-prompt"])["image"] == 1
     # Page text sent with every image costs its tokens too.
-    assert needed_model_len(AgentSettings(page_text=True), MAX_PIXELS) > needed_model_len(AgentSettings(), MAX_PIXELS)
+    assert (needed_model_len(AgentSettings(page_text=True), MAX_PIXELS, 1024)
+            > needed_model_len(AgentSettings(), MAX_PIXELS, 1024))
     # Smaller images, a given length and name are passed through.
     options = flags(command_for(AgentSettings(), max_pixels=256 * 28 * 28, max_model_len=32768,
                                 served_model_name="vrag-7b", host="0.0.0.0", port=9000))
@@ -85,8 +94,8 @@ def test_command_follows_the_agent_settings(tmp_path):
     # A local checkpoint folder is served under its folder name.
     folder = tmp_path / "checkpoints" / "vrag-sft"
     folder.mkdir(parents=True)
-    command = vllm_command(f"{folder}/", AgentSettings(), host="127.0.0.1", port=8000, served_model_name=None,
-                           max_model_len=None, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    command = vllm_command(f"{folder}/", AgentSettings(), reply_tokens=1024, host="127.0.0.1", port=8000,
+                           served_model_name=None, max_model_len=None, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     assert command[2] == f"{folder}/" and flags(command)["--served-model-name"] == "vrag-sft"
 
 
@@ -99,8 +108,8 @@ def test_bad_options_are_one_clear_sentence(overrides, message):
     with pytest.raises(BadInputError, match=message):
         command_for(AgentSettings(), **overrides)
     with pytest.raises(BadInputError, match="the model is empty"):
-        vllm_command(" ", AgentSettings(), host="h", port=1, served_model_name=None, max_model_len=None,
-                     min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+        vllm_command(" ", AgentSettings(), reply_tokens=1024, host="h", port=1, served_model_name=None,
+                     max_model_len=None, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
 
 
 def test_run_vllm_refuses_when_vllm_is_absent(monkeypatch):

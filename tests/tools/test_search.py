@@ -53,6 +53,22 @@ def test_hits_carry_page_fields_and_snippets(sample_store, questions, embedder):
     assert data["snippet"] and set(tokenize(data["snippet"])) & set(tokenize(q["question"]))
 
 
+def test_hits_carry_the_embedding_similarity_of_their_best_passage(sample_store, questions, embedder):
+    """The weight VisRAG-Gen's weighted selection softmaxes (SPEC §6): the query-passage cosine, not the fused RRF
+    score, whose values differ by under 2% from first to last."""
+    q = questions[0]
+    hits = Retriever(sample_store, embedder).search(q["question"], k=4)
+    dense = sample_store.vectors.search_dense(embedder.embed_query(q["question"]), 200, None)
+    best = {}
+    for hit in dense:  # Milvus's own cosines, best first
+        best.setdefault(hit.page_id, hit.score)
+    for hit in hits:
+        assert hit.similarity == pytest.approx(best.get(hit.page.page_id, 0.0), abs=1e-4)
+        assert -1.0 <= hit.similarity <= 1.0 + 1e-6
+    assert hits[0].similarity > 0.3
+    assert max(h.similarity for h in hits) - min(h.similarity for h in hits) > 0.05
+
+
 def test_document_filter_runs_before_ranking(sample_store, questions, embedder):
     retriever = Retriever(sample_store, embedder)
     target = questions[0]["document"]

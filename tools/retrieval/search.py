@@ -60,8 +60,10 @@ class Retriever:
         ranked = sorted(fused, key=lambda p: (-fused[p], -relative[p], p))[:k]
         pages = {p.page_id: p for p in self.store.pages(ranked)}
         passages = self.store.catalog.passages(best[p] for p in ranked)
+        similarity = {page_id: hit.score for page_id, hit in _best_per_page(dense_hits)}
         return [
-            Hit(pages[p], fused[p], snippet(passages[best[p]].text if best[p] in passages else "", query))
+            Hit(pages[p], fused[p], snippet(passages[best[p]].text if best[p] in passages else "", query),
+                similarity.get(p, 0.0))
             for p in ranked
             if p in pages
         ]
