@@ -9,11 +9,11 @@ from __future__ import annotations
 import base64
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from cachetools import LRUCache
 from PIL import Image
 
 from pagelens.graph.policy import ShownImage
@@ -33,18 +33,17 @@ ENCODED_CACHE = 64
 
 
 class LRU(Generic[K, V]):
-    """A small least-recently-used cache, safe to share between the agent API's worker threads."""
+    """A small least-recently-used cache (cachetools') that the agent API's worker threads can share."""
 
     def __init__(self, size: int):
         self.size = size
-        self._items: OrderedDict[K, V] = OrderedDict()
+        self._items: LRUCache[K, V] = LRUCache(maxsize=size)
         self._lock = threading.Lock()
 
     def get(self, key: K, make: Callable[[], V]) -> V:
         with self._lock:
             if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
+                return self._items[key]  # a read counts as a use
         # Made outside the lock: two threads may both decode one page, which is cheaper than serialising decodes.
         value = make()
         self.put(key, value)
@@ -53,9 +52,6 @@ class LRU(Generic[K, V]):
     def put(self, key: K, value: V) -> None:
         with self._lock:
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
 
 
 def _key(image: ShownImage) -> tuple:
