@@ -3,7 +3,8 @@
 The file needs nothing outside itself: images are data URLs (JPEG for page views and page overviews, which keeps a
 trace to a few hundred KiB a page; PNG for crops, which are small and often read closely). A Content-Security-Policy
 allows only inline styles and data-URL images, so the page runs no script and fetches nothing even if it were
-edited. All text (the question, the model's messages, document text in the evidence) is escaped: it is untrusted.
+edited. All text (the question, the model's messages, document text in the evidence) is escaped: it is untrusted;
+the page is `trace.html.jinja`, rendered by Jinja2 with autoescaping.
 
 Each image is shown twice when it is a crop: as the model saw it (`render_seen` re-makes the exact pixels from the
 full page), and as an overview of the page with the cropped region outlined, so a reader sees where the model looked.
@@ -16,9 +17,10 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from html import escape
 from pathlib import Path
 
+import jinja2
+from markupsafe import Markup
 from PIL import Image, ImageDraw
 
 from pagelens.graph.policy import ShownImage
@@ -48,6 +50,9 @@ figure img { max-width: 100%; height: auto; border: 1px solid #bbb; }
 """
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+# Autoescaped: the question, the model's messages and page text are untrusted, and none can open a tag.
+_TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("pagelens.graph", "."), autoescape=True,
+                               undefined=jinja2.StrictUndefined).get_template("trace.html.jinja")
 
 
 def _data_url(image: Image.Image, format: str) -> str:
@@ -81,128 +86,82 @@ class _Pictures:
             self._overviews[page_id] = page.convert("RGB")
         return self._overviews[page_id]
 
-    def figure(self, image: ShownImage) -> str:
+    def figure(self, image: ShownImage) -> dict:
+        """What the template shows of one image: as sent, and for a crop the page overview with its box."""
         seen = render_seen(self.page(image.page_id), image.seen)
-        caption = f"[{image.index}] {image.document} p.{image.page_number}"
-        shown = (
-            f'<img class="shown" data-index="{image.index}" data-page-id="{escape(image.page_id)}" '
-            f'width="{seen.width}" height="{seen.height}" alt="image {image.index} as sent to the model" '
-            f'src="{_data_url(seen, "png" if image.is_crop else "jpeg")}">'
-        )
+        figure = {"index": image.index, "page_id": image.page_id, "document": image.document,
+                  "page_number": image.page_number, "width": seen.width, "height": seen.height,
+                  "src": _data_url(seen, "png" if image.is_crop else "jpeg"),
+                  "caption": f"[{image.index}] {image.document} p.{image.page_number}"}
         if image.region is None:
-            caption += f", whole page, sent at {seen.width}x{seen.height}"
-            return f'<figure id="image-{image.index}"><figcaption>{escape(caption)}</figcaption>{shown}</figure>'
-
+            figure["caption"] += f", whole page, sent at {seen.width}x{seen.height}"
+            return figure
         box = image.region.box.rounded().as_list()
-        caption += f", crop of page box [{_box_text(box)}], sent at {seen.width}x{seen.height}"
+        figure["caption"] += f", crop of page box [{_box_text(box)}], sent at {seen.width}x{seen.height}"
         overview = self.overview(image.page_id).copy()
         normalized = image.region.normalized
         outline = [normalized.x1 * overview.width, normalized.y1 * overview.height,
                    normalized.x2 * overview.width, normalized.y2 * overview.height]
         ImageDraw.Draw(overview).rectangle(outline, outline=BOX_COLOUR, width=BOX_LINE)
-        page_with_box = (
-            f'<img class="page-with-box" data-index="{image.index}" data-box="{_box_text(box)}" '
-            f'data-normalized="{_box_text([round(v, 6) for v in normalized.as_list()])}" '
-            f'width="{overview.width}" height="{overview.height}" '
-            f'alt="page {image.page_number} of {escape(image.document)} with the crop outlined" '
-            f'src="{_data_url(overview, "jpeg")}">'
-        )
-        return (f'<figure id="image-{image.index}"><figcaption>{escape(caption)}</figcaption>'
-                f'<div class="pair">{shown}{page_with_box}</div></figure>')
+        figure.update(box=_box_text(box), normalized=_box_text([round(v, 6) for v in normalized.as_list()]),
+                      overview={"width": overview.width, "height": overview.height,
+                                "src": _data_url(overview, "jpeg")})
+        return figure
 
 
-def _fields(items: list[tuple[str, object]]) -> str:
-    rows = []
-    for key, value in items:
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        rows.append(f"<dt>{escape(key)}</dt><dd>{escape(text)}</dd>")
-    return f'<dl class="fields">{"".join(rows)}</dl>'
+def _fields(items: list[tuple[str, object]]) -> list[tuple[str, str]]:
+    return [(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)) for key, value in items]
 
 
-def _answer(result: RunResult) -> str:
-    answer = (f'<p class="answer">{escape(result.answer)}</p>' if result.answer is not None
-              else '<p class="answer none">(no answer)</p>')
-    return (f'<section id="answer"><h2>Answer</h2>'
-            f'<p class="status status-{escape(result.status)}">{escape(result.status)}</p>'
-            f'{answer}<p class="message">{escape(result.message)}</p></section>')
+def _evidence(result: RunResult) -> list[dict]:
+    return [{"image": item.image, "document": item.document, "page_number": item.page_number, "text": item.text,
+             "box": _box_text(item.region.box.rounded().as_list()) if item.region is not None else "whole page"}
+            for item in result.evidence]
 
 
-def _evidence(result: RunResult) -> str:
-    if not result.evidence:
-        return '<section id="evidence"><h2>Evidence</h2><p>No evidence cited.</p></section>'
-    rows = []
-    for item in result.evidence:
-        box = _box_text(item.region.box.rounded().as_list()) if item.region is not None else "whole page"
-        rows.append(
-            f'<tr class="evidence" data-index="{item.image}"><td><a href="#image-{item.image}">[{item.image}]</a></td>'
-            f"<td>{escape(item.document)} p.{item.page_number}</td><td>{escape(box)}</td>"
-            f"<td>{escape(item.text)}</td></tr>"
-        )
-    return ('<section id="evidence"><h2>Evidence</h2><table><thead><tr><th>image</th><th>page</th><th>box</th>'
-            f'<th>text</th></tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
-
-
-def _steps(result: RunResult, pictures: _Pictures) -> str:
+def _steps(result: RunResult, pictures: _Pictures) -> tuple[list[dict], list[dict]]:
+    """Each step with its figures, and the figures of images no step added."""
     by_index = {image.index: image for image in result.images}
     placed: set[int] = set()
-    items = []
+    steps = []
     for step in result.steps:
-        parts = [f"<h3>Turn {step.turn} · {escape(step.kind)}</h3>"]
-        if step.detail:
-            parts.append(_fields(list(step.detail.items())))
-        if step.text:
-            parts.append(f'<pre class="model-text">{escape(step.text)}</pre>')
+        figures = []
         for index in step.images:
             if index in by_index:
-                parts.append(pictures.figure(by_index[index]))
+                figures.append(pictures.figure(by_index[index]))
                 placed.add(index)
             else:
                 # A trace is for finding what went wrong, so an inconsistent record is shown rather than fatal.
-                parts.append(f'<p class="missing">Image {index} is not among the run\'s images.</p>')
-        items.append(f'<li class="step" data-kind="{escape(step.kind)}">{"".join(parts)}</li>')
+                figures.append({"missing": index})
+        steps.append({"turn": step.turn, "kind": step.kind, "text": step.text, "figures": figures,
+                      "fields": _fields(list(step.detail.items())) if step.detail else []})
     unplaced = [pictures.figure(image) for image in result.images if image.index not in placed]
-    other = f'<h3>Images no step added</h3>{"".join(unplaced)}' if unplaced else ""
-    return f'<section id="steps"><h2>Steps</h2><ol>{"".join(items)}</ol>{other}</section>'
+    return steps, unplaced
 
 
-def _content(content: object) -> str:
+def _parts(content: object) -> list[dict]:
     if isinstance(content, str):
-        return f"<pre>{escape(content)}</pre>"
+        return [{"text": content}]
     parts = []
     for part in content if isinstance(content, list | tuple) else [content]:
         if isinstance(part, dict) and part.get("type") == "text":
-            parts.append(f"<pre>{escape(str(part.get('text', '')))}</pre>")
+            parts.append({"text": str(part.get("text", ""))})
         elif isinstance(part, dict) and part.get("type") == "image":
-            index = escape(str(part.get("image")))
-            parts.append(f'<p><a href="#image-{index}">[image {index}]</a></p>')
+            parts.append({"image": str(part.get("image"))})
         else:
-            parts.append(f"<pre>{escape(json.dumps(part, ensure_ascii=False, default=str))}</pre>")
-    return "".join(parts)
-
-
-def _conversation(result: RunResult) -> str:
-    turns = [
-        f'<div class="message role-{escape(str(m.get("role", "")))}"><h3>{escape(str(m.get("role", "?")))}</h3>'
-        f'{_content(m.get("content", ""))}</div>'
-        for m in result.messages
-    ]
-    return (f'<section id="conversation"><h2>Conversation</h2><details><summary>{len(turns)} messages</summary>'
-            f'{"".join(turns)}</details></section>')
+            parts.append({"text": json.dumps(part, ensure_ascii=False, default=str)})
+    return parts
 
 
 def render_trace(result: RunResult, page_image: Callable[[str], Image.Image]) -> str:
     """The trace of `result` as an HTML string; `page_image(page_id)` returns the full stored page image."""
-    pictures = _Pictures(page_image)
+    steps, unplaced = _steps(result, _Pictures(page_image))
     header = _fields([("protocol", result.protocol), ("policy", result.policy)]
                      + ([("thread", result.thread_id)] if result.thread_id else []))
-    body = (f'<header><h1>Question</h1><p class="question">{escape(result.question)}</p>{header}</header>'
-            f"{_answer(result)}{_evidence(result)}{_steps(result, pictures)}{_conversation(result)}")
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-        f"<title>pagelens trace: {escape(result.question)}</title><style>{_STYLE}</style></head>"
-        f"<body>{body}</body></html>\n"
-    )
+    conversation = [{"role": str(m.get("role", "")), "title": str(m.get("role", "?")),
+                     "parts": _parts(m.get("content", ""))} for m in result.messages]
+    return _TEMPLATE.render(r=result, header=header, evidence=_evidence(result), steps=steps, unplaced=unplaced,
+                            conversation=conversation, style=Markup(_STYLE), csp=Markup(_CSP)) + "\n"
 
 
 def write_trace(result: RunResult, page_image: Callable[[str], Image.Image], path: Path) -> Path:
