@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from pagelens.graph.run import RunResult, Step
-from pagelens.servers.cli import print_json
+from pagelens.servers.terminal import print_json
 
 
 def describe(step: Step) -> str:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from pagelens import __version__
-from pagelens.errors import BadInputError, PageLensError
-
-EXIT_FAILED_FILES = 1
-EXIT_ERROR = 2
-EXIT_NO_ANSWER = 3
+from pagelens.errors import PageLensError
+from pagelens.servers.terminal import EXIT_ERROR
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -170,18 +166,3 @@ def _run(args: argparse.Namespace) -> int:
 
         return train_commands.run(args)
     return getattr(commands, args.command.replace("-", "_"))(args)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise BadInputError(f"--seen {text!r} is not WIDTHxHEIGHT in pixels, e.g. 812x1050.") from None
-    if width <= 0 or height <= 0:
-        raise BadInputError(f"--seen {text!r} must have a positive width and height.")
-    return width, height
-
-
-def print_json(data: object) -> None:
-    json.dump(data, sys.stdout, ensure_ascii=False, indent=2)
-    sys.stdout.write("\n")

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from collections.abc import Iterator
 
 from pagelens.errors import BadInputError
-from pagelens.servers.cli import EXIT_FAILED_FILES, EXIT_NO_ANSWER, parse_size, print_json
 from pagelens.servers.config import load_settings, policy_url
+from pagelens.servers.terminal import EXIT_FAILED_FILES, EXIT_NO_ANSWER, print_json
 from pagelens.tools.corpus.files import printable
 from pagelens.tools.corpus.store import PageStore
 
@@ -206,3 +206,14 @@ def serve_policy(args: argparse.Namespace) -> int:
                       device=args.device, served_model_name=args.served_model_name, record=args.record,
                       record_max_mb=args.record_max_mb, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     return 0
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`--seen WIDTHxHEIGHT` as (width, height) in pixels."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise BadInputError(f"--seen {text!r} is not WIDTHxHEIGHT in pixels, e.g. 812x1050.") from None
+    if width <= 0 or height <= 0:
+        raise BadInputError(f"--seen {text!r} must have a positive width and height.")
+    return width, height

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from pagelens.errors import BadInputError
-from pagelens.servers.cli import print_json
+from pagelens.servers.terminal import print_json
 from pagelens.servers.commands import note
 from pagelens.servers.config import load_settings, policy_url
 from pagelens.training.settings import EvalSettings
