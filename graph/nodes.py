@@ -17,7 +17,7 @@ from pagelens.errors import BadInputError
 from pagelens.graph.images import PageImages, openai_messages
 from pagelens.graph.parse import Answer, Crop, Invalid, Search, bbox_to_seen_pixels
 from pagelens.graph.policy import Completion, Policy, PolicyRequest, ShownImage
-from pagelens.graph.protocols import Protocol
+from pagelens.graph.protocols import AgentProtocol
 from pagelens.graph.run import Step
 from pagelens.graph.settings import AgentSettings
 from pagelens.graph.state import AgentState, image_record, shown_image
@@ -37,7 +37,7 @@ class AgentContext:
     retriever: Retriever
     policy: Policy
     settings: AgentSettings
-    protocol: Protocol
+    protocol: AgentProtocol
     pages: PageImages
 
 

@@ -11,7 +11,9 @@ from pagelens.prompts.loader import Template, load_template
 
 
 @dataclass(frozen=True)
-class Protocol:
+class AgentProtocol:
+    """A protocol the agent speaks (SPEC §1, §2, §2b): its instruction, its notes and its parser."""
+
     name: str
     multi_turn: bool
     """vrag and pagelens act over turns (search, bbox, answer); evisrag answers once over retrieved pages."""
@@ -27,12 +29,12 @@ def _parse_evisrag(text: str) -> Turn:
     return Turn(Answer.read(response.answer, response.evidence), response.think)
 
 
-def load_protocol(settings: AgentSettings) -> Protocol:
+def load_protocol(settings: AgentSettings) -> AgentProtocol:
     """The protocol `settings.protocol`, with `settings.template` standing in for its instruction when set."""
     name = settings.protocol
     instruction = load_template(settings.template, kind=name) if settings.template else load_template(name)
     if name == "evisrag":
-        return Protocol(name, False, instruction, None, None, _parse_evisrag)
+        return AgentProtocol(name, False, instruction, None, None, _parse_evisrag)
     parse = parse_vrag if name == "vrag" else parse_pagelens
-    return Protocol(name, True, instruction, load_template(f"{name}_invalid_action"),
-                    load_template(f"{name}_answer_now"), parse)
+    return AgentProtocol(name, True, instruction, load_template(f"{name}_invalid_action"),
+                         load_template(f"{name}_answer_now"), parse)

@@ -119,7 +119,7 @@ def from_page_box(box: Box, seen: SeenImage) -> Box:
 
 
 @dataclass(frozen=True)
-class Crop:
+class Cutout:
     """A cut of a page.
 
     `region` is the box asked for (clamped and padded, page pixels). `seen` describes the returned image: it shows
@@ -155,7 +155,7 @@ def crop(
     zoom: bool = True,
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = MAX_PIXELS,
-) -> Crop:
+) -> Cutout:
     """Cut `box` out of the full page `image` and, with `zoom`, resize it to Qwen2.5-VL's size for it.
 
     `box` is in page pixels, or in the pixels of `seen` (the image the model was shown) when given; a box partly
@@ -194,7 +194,7 @@ def crop(
 
     cut_box = Box(float(left), float(top), float(right), float(bottom))
     shown = Region.from_page_box(page_id, cut_box, page_width, page_height)
-    return Crop(
+    return Cutout(
         image=cut,
         region=Region.from_page_box(page_id, page_box, page_width, page_height),
         seen=SeenImage(page_id, shown, cut.width, cut.height),

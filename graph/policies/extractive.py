@@ -49,7 +49,7 @@ def _terms(text: str) -> set[str]:
 
 
 @dataclass(frozen=True)
-class Region:
+class Candidate:
     """A candidate answer region: its box in page pixels, the answer text, and the text the score counts."""
 
     box: Box
@@ -124,15 +124,15 @@ def _header_x(header: TextLine, wanted: set[str]) -> float:
     return header.box.x1 + fraction * header.box.width
 
 
-def _regions(lines: list[TextLine], wanted: set[str]) -> list[Region]:
-    regions = [Region(_union(covered), text, frozenset(_terms(text)), len(covered))
+def _regions(lines: list[TextLine], wanted: set[str]) -> list[Candidate]:
+    regions = [Candidate(_union(covered), text, frozenset(_terms(text)), len(covered))
                for text, covered in _sentences(lines)]
     rows = _rows(lines)
     for row_index, row in enumerate(rows):
         if len(row) < 2:
             continue
         text = " ".join(line.text for line in row)
-        regions.append(Region(_union(row), text, frozenset(_terms(text)), len(row)))
+        regions.append(Candidate(_union(row), text, frozenset(_terms(text)), len(row)))
         label, cells = row[0], row[1:]
         for header_row in rows[:row_index]:
             if (len(header_row) < 2 or label.box.y1 - header_row[0].box.y1 > TABLE_ROWS * label.box.height
@@ -145,7 +145,7 @@ def _regions(lines: list[TextLine], wanted: set[str]) -> list[Region]:
                 cell = min(cells, key=lambda c: abs((c.box.x1 + c.box.x2) / 2 - x))
                 terms = _terms(label.text) | _terms(header.text) | _terms(cell.text)
                 answer = f"{cell.text} ({label.text}, {header.text})"
-                regions.append(Region(_union([label, cell]), answer, frozenset(terms), 2, (label.text, header.text)))
+                regions.append(Candidate(_union([label, cell]), answer, frozenset(terms), 2, (label.text, header.text)))
     for label in filter(_is_label, lines):
         center = (label.box.x1 + label.box.x2) / 2
         tolerance = max(label.box.width, label.box.height)
@@ -159,12 +159,12 @@ def _regions(lines: list[TextLine], wanted: set[str]) -> list[Region]:
                  or min(below, key=lambda l: l.box.y1, default=None))
         if value is not None:
             terms = _terms(label.text) | _terms(value.text)
-            regions.append(Region(_union([label, value]), f"{value.text} ({label.text})",
+            regions.append(Candidate(_union([label, value]), f"{value.text} ({label.text})",
                                   frozenset(terms), 2, (label.text,)))
     return regions
 
 
-def best_region(lines: list[TextLine], question: str) -> tuple[Region, tuple] | None:
+def best_region(lines: list[TextLine], question: str) -> tuple[Candidate, tuple] | None:
     """The region of a page's lines that best matches the question, with its rank (comparable across pages:
     lookups first, then the summed term weight); None if nothing matches."""
     wanted = _terms(question)
@@ -176,7 +176,7 @@ def best_region(lines: list[TextLine], question: str) -> tuple[Region, tuple] | 
     for term in wanted:
         idf = math.log(1 + len(lines) / (1 + document_frequency[term]))
         weight[term] = idf * (NUMBER_WEIGHT if _NUMBER.match(term) else 1.0)
-    best: tuple[tuple[bool, float, int], Region] | None = None
+    best: tuple[tuple[bool, float, int], Candidate] | None = None
     for region in _regions(lines, wanted):
         score = sum(weight[t] for t in wanted & region.terms)
         # A region keyed by a label every word of which was asked for (a row name, an axis tick) is a lookup:
@@ -199,7 +199,7 @@ class ExtractivePolicy:
 
     name = "extractive"
 
-    def _best(self, request: PolicyRequest, image: ShownImage) -> tuple[Region, tuple] | None:
+    def _best(self, request: PolicyRequest, image: ShownImage) -> tuple[Candidate, tuple] | None:
         if request.page_lines is None:
             raise BadInputError("the extractive policy reads page text; run it through the agent graph, which "
                                 "gives each request its pages' lines.")
@@ -229,7 +229,7 @@ class ExtractivePolicy:
         return _turn(request.protocol, Crop((x1, y1, x2, y2)),
                      f"The best match is on image {last.index}; I zoom into it.")
 
-    def _pick(self, request: PolicyRequest, images: list[ShownImage]) -> tuple[ShownImage, Region] | None:
+    def _pick(self, request: PolicyRequest, images: list[ShownImage]) -> tuple[ShownImage, Candidate] | None:
         scored = [(found[1], -image.index, image, found[0]) for image in images if not image.is_crop
                   for found in [self._best(request, image)] if found is not None]
         if not scored:
