@@ -39,7 +39,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 
 from pagelens.errors import BadInputError, PageLensError, PolicyError
@@ -123,7 +124,9 @@ def create_app(service: AgentService, *, host: str = "127.0.0.1") -> FastAPI:
                     early.append(await _next_event(run, request))
                 if isinstance(early[-1], Exception):
                     raise early[-1]
-                return StreamingResponse(_stream(run, chat, early), media_type="text/event-stream")
+                # sse-starlette frames the events, sends a keep-alive comment every _KEEPALIVE_SECONDS while a
+                # step runs (proxies drop idle streams), and cancels the generator when the client goes.
+                return EventSourceResponse(_stream(run, chat, early), ping=_KEEPALIVE_SECONDS, sep="\n")
             progress = []
             while not isinstance(event := await _next_event(run, request), RunResult):
                 if isinstance(event, Exception):
@@ -152,15 +155,15 @@ async def _next_event(run: Run, request: Request) -> Event:
         get.cancel()
 
 
-async def _stream(run: Run, chat: ChatRequest, early: list[Event]) -> AsyncIterator[str]:
-    """The SSE stream of a run, starting with the events that came before its headers. Starlette cancels this
-    generator when the client disconnects; the run then stops at its next step."""
+async def _stream(run: Run, chat: ChatRequest, early: list[Event]) -> AsyncIterator[ServerSentEvent]:
+    """The SSE events of a run, starting with the events that came before its headers. The generator is cancelled
+    when the client disconnects; the run then stops at its next step."""
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": chat.model, **({"usage": None} if chat.include_usage else {})}
 
-    def chunk(delta: dict, finish: str | None = None, **extra: object) -> str:
+    def chunk(delta: dict, finish: str | None = None, **extra: object) -> ServerSentEvent:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return f"data: {json.dumps({**head, 'choices': [choice], **extra})}\n\n"
+        return ServerSentEvent(json.dumps({**head, "choices": [choice], **extra}))
 
     try:
         yield chunk({"role": "assistant", "content": ""})
@@ -169,23 +172,17 @@ async def _stream(run: Run, chat: ChatRequest, early: list[Event]) -> AsyncItera
         event = early[-1]
         while isinstance(event, Step):
             yield chunk({"reasoning_content": describe(event) + "\n"})
-            get = asyncio.ensure_future(run.events.get())
-            try:
-                while not (await asyncio.wait({get}, timeout=_KEEPALIVE_SECONDS))[0]:
-                    yield ": keep-alive\n\n"
-                event = get.result()
-            finally:
-                get.cancel()
+            event = await run.events.get()
         if isinstance(event, RunResult):
             content = answer_content(event)
             usage, unit = _usage(chat, event, content)
             yield chunk({"content": content})
             yield chunk({}, "stop", pagelens=_extra(event, unit))
             if chat.include_usage:
-                yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
+                yield ServerSentEvent(json.dumps({**head, "choices": [], "usage": usage}))
         else:  # the status line is sent: the error goes in the stream, which the openai client raises
-            yield f"data: {json.dumps(_api_error(event).body())}\n\n"
-        yield "data: [DONE]\n\n"
+            yield ServerSentEvent(json.dumps(_api_error(event).body()))
+        yield ServerSentEvent("[DONE]")
     finally:
         run.cancelled.set()  # a no-op once the run has ended
 

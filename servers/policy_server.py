@@ -35,8 +35,9 @@ from typing import Any, Literal, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from PIL import Image
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 
 from pagelens.errors import BadInputError, PageLensError
@@ -288,7 +289,7 @@ def create_app(backend: PolicyBackend, *, serving: ServingSettings, api_key: str
                                "not_found_error", "model", "model_not_found")
             if chat.stream:
                 items = await run_in_threadpool(backend.stream, chat.messages, chat.params)
-                return StreamingResponse(_sse(_chunks(chat, backend.name, items)), media_type="text/event-stream")
+                return EventSourceResponse(_events(_chunks(chat, backend.name, items)), sep="\n")
             generation = await run_in_threadpool(backend.generate, chat.messages, chat.params)
         except ApiError as exc:
             return _error(exc)
@@ -337,10 +338,10 @@ def _chunks(chat: ChatRequest, model: str, items: Iterator[str | Generation]) ->
         yield {**head, "choices": [], "usage": _usage(final)}
 
 
-def _sse(chunks: Iterator[dict]) -> Iterator[str]:
+def _events(chunks: Iterator[dict]) -> Iterator[ServerSentEvent]:
     for chunk in chunks:
-        yield f"data: {json.dumps(chunk)}\n\n"
-    yield "data: [DONE]\n\n"
+        yield ServerSentEvent(json.dumps(chunk))
+    yield ServerSentEvent("[DONE]")
 
 
 def _logprobs(generation: Generation) -> dict | None:
