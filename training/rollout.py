@@ -166,26 +166,12 @@ class LocalPolicy:
     def from_folder(cls, folder: Path | str, sampling: RolloutSampling = RolloutSampling(), *,
                     device: str = "auto") -> LocalPolicy:
         """Load a Qwen2.5-VL checkpoint folder (float32 on the CPU, bf16 on CUDA) with the serving image bounds."""
-        import torch
-        from transformers import AutoModelForImageTextToText
-
         from pagelens.training.settings import SFTSettings
-        from pagelens.training.sft import check_model_folder, image_only_processor
+        from pagelens.training.sft import check_model_folder, image_only_processor, load_model
 
         folder = check_model_folder(Path(folder))
-        if device not in ("auto", "cpu", "cuda"):
-            raise BadInputError(f"device {device!r} is not known; use 'auto', 'cpu' or 'cuda'.")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BadInputError("device 'cuda' was asked for but torch sees no CUDA GPU; use 'cpu' or 'auto'.")
-        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(
-                folder, dtype=torch.bfloat16 if cuda else torch.float32, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise BadInputError(f"model folder {folder} could not be loaded ({exc}); give a complete Qwen2.5-VL "
-                                f"checkpoint folder.") from None
-        model.to("cuda" if cuda else "cpu").eval()
-        return cls(model, image_only_processor(folder, SFTSettings()), sampling, name=str(folder))
+        model, _ = load_model(folder, device)
+        return cls(model.eval(), image_only_processor(folder, SFTSettings()), sampling, name=str(folder))
 
     def take(self) -> tuple[list[TurnRecord], dict[str, tuple[Any, Any]]]:
         """The turns recorded since the last run began and their images; clears them."""

@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from pagelens.errors import BadInputError
 from pagelens.training.data import Rows
@@ -126,8 +127,6 @@ def train_sft(model: Path, rows: Rows, out: Path, settings: SFTSettings = SFTSet
     Rerunning with the same `out` after an interruption resumes from its newest checkpoint. `device` is "auto"
     (CUDA when torch sees it), "cuda" or "cpu".
     """
-    import torch
-    from transformers import AutoModelForImageTextToText
     from trl import SFTConfig, SFTTrainer
 
     folder = check_model_folder(model)
@@ -137,16 +136,9 @@ def train_sft(model: Path, rows: Rows, out: Path, settings: SFTSettings = SFTSet
     out = Path(out).expanduser()
     if out.resolve() == folder.resolve():
         raise BadInputError(f"--out {out} is the model folder itself; give a new folder for the trained model.")
-    cuda = _use_cuda(device, torch)
     processor = image_only_processor(folder, settings)
     _check_same_text(processor, rows.rows, folder)
-
-    try:
-        policy = AutoModelForImageTextToText.from_pretrained(
-            folder, dtype=torch.bfloat16 if cuda else torch.float32, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"model folder {folder} could not be loaded ({exc}); give a complete Qwen2.5-VL "
-                            f"checkpoint folder.") from None
+    policy, cuda = load_model(folder, device)
     if settings.freeze_vision:  # SPEC §4: vision tower frozen (the patch merger too: it belongs to the tower)
         policy.model.visual.requires_grad_(False)
 
@@ -197,14 +189,24 @@ def train_sft(model: Path, rows: Rows, out: Path, settings: SFTSettings = SFTSet
                      final_loss=losses[-1] if losses else None)
 
 
-def _use_cuda(device: str, torch) -> bool:
-    if device == "auto":
-        return torch.cuda.is_available()
+def load_model(folder: Path, device: str) -> tuple[Any, bool]:
+    """The Qwen2.5-VL checkpoint in `folder` (checked) on `device` ("auto", "cpu" or "cuda"): bf16 on CUDA,
+    float32 on the CPU; and whether it is on CUDA."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise BadInputError(f"device {device!r} is not known; use 'auto', 'cpu' or 'cuda'.")
     if device == "cuda" and not torch.cuda.is_available():
         raise BadInputError("device 'cuda' was asked for but torch sees no CUDA GPU; use device 'cpu' or 'auto'.")
-    if device not in ("cpu", "cuda"):
-        raise BadInputError(f"device {device!r} is not known; use 'auto', 'cpu' or 'cuda'.")
-    return device == "cuda"
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            folder, dtype=torch.bfloat16 if cuda else torch.float32, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"model folder {folder} could not be loaded ({exc}); give a complete Qwen2.5-VL "
+                            f"checkpoint folder.") from None
+    return model.to("cuda" if cuda else "cpu"), cuda
 
 
 def _check_same_text(processor, rows: list[dict], folder: Path) -> None:
