@@ -259,10 +259,14 @@ def _peak_memory(pid: int) -> int:
 
 def test_32_concurrent_requests_are_all_answered(servers):
     async def main() -> list[tuple[dict, str]]:
-        api = openai.AsyncOpenAI(base_url=f"{servers['api']}/v1", api_key=KEY, max_retries=0, timeout=120)
         picked = [ANSWERED[i % len(ANSWERED)] for i in range(32)]
-        replies = await asyncio.gather(*(api.chat.completions.create(model="pagelens", messages=ask(q["question"]))
-                                         for q in picked))
+        # Closed here, inside its loop: left to the garbage collector, the client's pooled connections were closed
+        # later in another test's event loop, which failed that test's setup ("Event loop is closed").
+        async with openai.AsyncOpenAI(base_url=f"{servers['api']}/v1", api_key=KEY, max_retries=0,
+                                      timeout=120) as api:
+            replies = await asyncio.gather(*(api.chat.completions.create(model="pagelens",
+                                                                         messages=ask(q["question"]))
+                                             for q in picked))
         return [(q, r.choices[0].message.content) for q, r in zip(picked, replies)]
 
     started = time.perf_counter()
