@@ -84,6 +84,7 @@ class PageLensRetriever(BaseRetriever):
             "document": page.document,
             "page_number": page.page_number,
             "score": hit.score,
+            "relevance": hit.relevance,
             "image_path": str(page.image_path),
         }
         if self.thumbnails:

@@ -125,6 +125,7 @@ def observe(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         render_messages=lambda: openai_messages(messages, sendable, context.pages, settings.max_images,
                                                 concatenate_images=pasted),
         page_lines=context.pages.lines,
+        term_rarity=context.retriever.rarity,
     )
     run_images = [image.index for image in images if image.index >= state["first_image"]]
     # What the policy's `[i]` refers to (SPEC §2b: every image of the conversation; SPEC §2: the images of the
@@ -226,10 +227,12 @@ def search(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         except BadInputError:
             continue  # a page too elongated to show whole; the next hit stands in
         index = len(images) + 1
+        supported = hit.relevance is None or hit.relevance >= context.store.retrieval.relevance_threshold
         shown = ShownImage(index, page.page_id, page.document, page.page_number,
-                           SeenImage.whole_page(page.page_id, page.width, page.height, *seen_size))
+                           SeenImage.whole_page(page.page_id, page.width, page.height, *seen_size),
+                           supported=supported)
         images.append({**image_record(shown, page.width, page.height), "score": hit.score,
-                       "similarity": hit.similarity})
+                       "similarity": hit.similarity, "relevance": hit.relevance})
         shown_pages.append(page.page_id)
         parts.append({"type": "image", "image": index})
         if settings.page_text:
@@ -238,7 +241,9 @@ def search(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
             parts.append(_text(load_template("page_text").render(block=block)))
         added.append(index)
         found.append({"page_id": page.page_id, "document": page.document, "page_number": page.page_number,
-                      "rank": rank, "score": round(hit.score, 6)})
+                      "rank": rank, "score": round(hit.score, 6),
+                      "relevance": None if hit.relevance is None else round(hit.relevance, 4),
+                      "supported": supported})
         if protocol.multi_turn:
             break
     if not protocol.multi_turn:

@@ -46,6 +46,9 @@ class ShownImage:
     page_number: int
     seen: SeenImage
     region: Region | None = None
+    supported: bool = True
+    """Whether retrieval judged that the page supports an answer (tools/retrieval/relevance.py); an uploaded page
+    and a crop count as supported."""
 
     @property
     def is_crop(self) -> bool:
@@ -88,6 +91,9 @@ class PolicyRequest:
     render_messages: Callable[[], list[dict]] = field(default=list, repr=False, compare=False)
     page_lines: Callable[[str], list[TextLine]] | None = field(default=None, repr=False, compare=False)
     """A page's text lines (store pages and a request's uploads alike)."""
+    term_rarity: Callable[[list[str]], dict[str, float]] | None = field(default=None, repr=False, compare=False)
+    """Each word's inverse document frequency over the whole store (0 for a word no passage holds); None where
+    there is no store to ask."""
 
     @cached_property
     def _messages(self) -> list[dict]:

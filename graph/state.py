@@ -58,6 +58,7 @@ def image_record(image: ShownImage, page_width: int, page_height: int) -> dict:
         "seen_size": [image.seen.width, image.seen.height],
         "shown_box": image.seen.region.box.as_list(),
         "region_box": image.region.box.as_list() if image.region is not None else None,
+        "supported": image.supported,
     }
 
 
@@ -74,4 +75,5 @@ def shown_image(record: dict) -> ShownImage:
         page_number=record["page_number"],
         seen=SeenImage(page_id, shown, *record["seen_size"]),
         region=region,
+        supported=record.get("supported", True),  # a conversation recorded before relevance was judged
     )

@@ -48,7 +48,7 @@ def search(args: argparse.Namespace) -> int:
             print("No pages match; `pagelens pages` lists what is indexed.")
         for rank, hit in enumerate(hits, start=1):
             print(f"{rank:>2}. {printable(hit.page.document)} p.{hit.page.page_number}  [{hit.page.page_id}]  "
-                  f"score {hit.score:.4f}")
+                  f"score {hit.score:.4f}" + ("" if hit.relevance is None else f", relevance {hit.relevance:.2f}"))
             print(f"    {hit.snippet}")
     return 0
 

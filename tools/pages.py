@@ -156,6 +156,8 @@ class Hit:
     score: float
     snippet: str
     similarity: float = 0.0
+    relevance: float | None = None
+    """The probability that the page supports an answer (tools/retrieval/relevance.py); None when not judged."""
 
     def to_dict(self) -> dict:
         return {
@@ -163,6 +165,7 @@ class Hit:
             "document": self.page.document,
             "page_number": self.page.page_number,
             "score": round(self.score, 6),
+            "relevance": None if self.relevance is None else round(self.relevance, 4),
             "snippet": self.snippet,
             "image_path": str(self.page.image_path),
         }

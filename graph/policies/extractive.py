@@ -2,13 +2,21 @@
 
 It searches with the question, reads the text lines stored with the page it is shown, picks the region that
 best matches the question, zooms into it, and answers with the text of that region, saying the answer is
-extractive. Regions it considers:
-- sentences, rebuilt from lines grouped into paragraphs by their vertical gaps;
-- table rows (lines side by side in one band), and cells: the cell of a matching row under a matching column
-  header, answered with the cell and both labels;
-- labels with the values aligned above or below them (chart axes: "2021" with the bar value "38.9").
-A region scores the summed weight of the question's terms it holds: inverse frequency among the page's lines,
-tripled for numbers, doubled again when a whole line is the term (a label). Ties go to the smaller region.
+extractive. The regions it considers (`regions_text`): sentences, table rows and cells read by row label and
+column header, a label with the value beside it (a horizontal bar, a form field), and chart ticks with the value
+above them.
+
+A region scores the summed weight of the question's terms it holds. A term's weight is its BM25 inverse document
+frequency over the whole store (`PolicyRequest.term_rarity`, looked up on the words as written and on their stem,
+taking the larger), or over the page's lines where the store has no figure for it; doubled for numbers. The
+question's rarest term on the page counts once more in a region that holds it. A term found in the document's name
+or the page's running header or footer counts for every region of the page that lacks it, so that of two pages
+alike the one whose document the question names wins. A region keyed by a label every word of which was asked for
+(a row name, an axis tick) is a lookup and ranks above any other; ties go to the smaller region.
+
+It answers "insufficient to answer" when no page it was shown supports an answer: when retrieval's calibrated
+relevance (`ShownImage.supported`, tools/retrieval/relevance.py) rules out every page, or no region of a page
+holds a question term.
 """
 
 from __future__ import annotations
@@ -16,174 +24,103 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from pagelens.errors import BadInputError
 from pagelens.graph.parse import INSUFFICIENT, NO_RELEVANT_INFORMATION, Answer, Crop, EvidenceLine, Search, Turn
 from pagelens.graph.policy import Completion, PolicyRequest, ShownImage
+from pagelens.graph.policies.regions_text import Candidate, regions
 from pagelens.tools.pages import Box, TextLine
 from pagelens.tools.regions import from_page_box
-from pagelens.tools.retrieval.lexical import tokenize
+from pagelens.tools.retrieval.lexical import STOP_WORDS, tokenize
+from pagelens.tools.retrieval.passages import name_words
 from pagelens.tools.untrusted import defuse
 
 # Pages a run looks at before it settles for the best region seen.
 MAX_PAGES = 3
-# Words too common to say anything about where an answer is.
-_STOPWORDS = frozenset(
-    "a an the of in on at to for by with from and or is are was were be been did do does what which who whom whose "
-    "when where why how much many it its this that these those as than into per each any all there their our your "
-    "his her they we you i me my show shows shown report reported".split()
-)
+# Words too common to say anything about where an answer is: the search's stop words, and words a question uses
+# to ask rather than to name what it asks about.
+_STOPWORDS = STOP_WORDS | frozenset("much many show shows shown report reported".split())
 _NUMBER = re.compile(r"^\d+([.,]\d+)?$")
-# A value printed beside a bar or in a cell: a number with an optional currency and a short unit.
-_VALUE = re.compile(r"^[$€£]?\s*[-+]?\d[\d.,]*\s*(%|[A-Za-z/]{1,6})?$")
 NUMBER_WEIGHT = 2.0
-# A table's header row lies at most this many row heights above a row.
-TABLE_ROWS = 30
+_PAGE_NUMBER = re.compile(r"\bpage\s+\d+|\b\d+\s+of\s+\d+\b", re.IGNORECASE)
+# The question's rarest term on the page counts this much more in a region that holds it.
+RAREST_BONUS = 1.0
+# A question term in the document's name or the page's running header or footer counts this much for every region
+# of the page that does not hold it itself.
+CONTEXT_WEIGHT = 1.0
+
+Rarity = Callable[[list[str]], dict[str, float]]
+
+
+def _stem(term: str) -> str:
+    # A light stem (plural s) so "quadrat" finds "quadrats".
+    return term[:-1] if len(term) > 3 and term.endswith("s") and not term.endswith("ss") else term
 
 
 def _terms(text: str) -> set[str]:
-    # A light stem (plural s) so "quadrat" finds "quadrats".
-    return {t[:-1] if len(t) > 3 and t.endswith("s") and not t.endswith("ss") else t
-            for t in tokenize(text) if t not in _STOPWORDS}
+    return {_stem(t) for t in tokenize(text) if t not in _STOPWORDS}
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A candidate answer region: its box in page pixels, the answer text, and the text the score counts."""
-
-    box: Box
-    answer: str
-    terms: frozenset[str]
-    size: int
-    anchors: tuple[str, ...] = ()
+def _asked(question: str) -> dict[str, set[str]]:
+    """The question's terms, each with the words as written that stem to it."""
+    asked: dict[str, set[str]] = {}
+    for word in tokenize(question):
+        if word not in _STOPWORDS:
+            asked.setdefault(_stem(word), set()).add(word)
+    return asked
 
 
-def _union(lines: list[TextLine]) -> Box:
-    return Box(min(l.box.x1 for l in lines), min(l.box.y1 for l in lines),
-               max(l.box.x2 for l in lines), max(l.box.y2 for l in lines))
+def _edges(lines: list[TextLine]) -> tuple[TextLine, TextLine]:
+    """The page's topmost and bottommost lines: their bands hold its running header and footer."""
+    return min(lines, key=lambda l: l.box.y1), max(lines, key=lambda l: l.box.y2)
 
 
-def _same_band(a: TextLine, b: TextLine) -> bool:
-    overlap = min(a.box.y2, b.box.y2) - max(a.box.y1, b.box.y1)
-    return overlap > 0.5 * min(a.box.height, b.box.height)
+def _in_edges(box: Box, edges: tuple[TextLine, TextLine]) -> bool:
+    top, bottom = edges
+    return box.y2 <= top.box.y2 + 0.25 * top.box.height or box.y1 >= bottom.box.y1 - 0.25 * bottom.box.height
 
 
-def _rows(lines: list[TextLine]) -> list[list[TextLine]]:
-    rows: list[list[TextLine]] = []
-    for line in sorted(lines, key=lambda l: (l.box.y1, l.box.x1)):
-        for row in rows:
-            if _same_band(row[0], line):
-                row.append(line)
-                break
-        else:
-            rows.append([line])
-    return [sorted(row, key=lambda l: l.box.x1) for row in rows]
+def _context(lines: list[TextLine], named: set[str], edges: tuple[TextLine, TextLine]) -> set[str]:
+    """Terms of the document's name (`named`) and of the page's running header and footer."""
+    return named | {t for l in lines if _in_edges(l.box, edges) for t in _terms(l.text)}
 
 
-def _sentences(lines: list[TextLine]) -> list[tuple[str, list[TextLine]]]:
-    """Sentences with the lines they span; a paragraph ends where the gap to the next line exceeds 3/4 of a line."""
-    paragraphs: list[list[TextLine]] = []
-    for line in lines:
-        last = paragraphs[-1][-1] if paragraphs else None
-        # OCR boxes of consecutive lines often overlap: a negative gap continues the paragraph too.
-        if last is not None and line.box.y1 > last.box.y1 and line.box.y1 - last.box.y2 <= 0.75 * max(last.box.height, 1):
-            paragraphs[-1].append(line)
-        else:
-            paragraphs.append([line])
-    out = []
-    for paragraph in paragraphs:
-        spans, text = [], ""
-        for line in paragraph:
-            start = len(text) + (1 if text else 0)
-            text = f"{text} {line.text}" if text else line.text
-            spans.append((start, len(text), line))
-        for match in re.finditer(r"[^.!?]+(?:[.!?]+(?=\s|$)|$)", text):
-            covered = [line for start, end, line in spans if start < match.end() and end > match.start()]
-            sentence = match.group(0).strip()
-            if sentence and covered:
-                out.append((sentence, covered))
-    return out
-
-
-def _is_label(line: TextLine) -> bool:
-    """A short horizontal line standing alone: a row name, a column header, an axis tick, a bar value."""
-    horizontal = line.box.width >= line.box.height or len(line.text) <= 3
-    return len(line.text) <= 24 and len(line.text.split()) <= 4 and horizontal
-
-
-def _header_x(header: TextLine, wanted: set[str]) -> float:
-    """Where in a header line the asked-for column sits, in page x: a text layer can merge a header row into one
-    line, so take the segment (split after ")" or at wide spaces) holding most asked-for words, and its middle."""
-    text = header.text
-    segments = [m for m in re.finditer(r"[^()]*(?:\([^)]*\))?", text) if m.group(0).strip()]
-    best = max(segments, key=lambda m: len(_terms(m.group(0)) & wanted), default=None)
-    if best is None or not _terms(best.group(0)) & wanted:
-        return (header.box.x1 + header.box.x2) / 2
-    fraction = (best.start() + best.end()) / 2 / max(len(text), 1)
-    return header.box.x1 + fraction * header.box.width
-
-
-def _regions(lines: list[TextLine], wanted: set[str]) -> list[Candidate]:
-    regions = [Candidate(_union(covered), text, frozenset(_terms(text)), len(covered))
-               for text, covered in _sentences(lines)]
-    rows = _rows(lines)
-    for row_index, row in enumerate(rows):
-        if len(row) < 2:
-            continue
-        text = " ".join(line.text for line in row)
-        regions.append(Candidate(_union(row), text, frozenset(_terms(text)), len(row)))
-        label, cells = row[0], row[1:]
-        for header_row in rows[:row_index]:
-            if (len(header_row) < 2 or label.box.y1 - header_row[0].box.y1 > TABLE_ROWS * label.box.height
-                    or any(_VALUE.match(line.text.strip()) for line in header_row)):
-                continue  # a caption or paragraph line, a data row, or a row of another table (a page footer)
-            for header in header_row:
-                if not (_terms(header.text) - _terms(label.text)) & wanted:
-                    continue
-                x = _header_x(header, wanted)
-                cell = min(cells, key=lambda c: abs((c.box.x1 + c.box.x2) / 2 - x))
-                terms = _terms(label.text) | _terms(header.text) | _terms(cell.text)
-                answer = f"{cell.text} ({label.text}, {header.text})"
-                regions.append(Candidate(_union([label, cell]), answer, frozenset(terms), 2, (label.text, header.text)))
-    for label in filter(_is_label, lines):
-        center = (label.box.x1 + label.box.x2) / 2
-        tolerance = max(label.box.width, label.box.height)
-        aligned = [line for line in lines if line is not label and _VALUE.match(line.text.strip())
-                   and abs((line.box.x1 + line.box.x2) / 2 - center) <= tolerance
-                   and abs(line.box.y1 - label.box.y1) <= 25 * label.box.height]
-        # A bar's value (a number) sits above its tick (below it for a negative bar): the nearest aligned line, above first.
-        above = [line for line in aligned if line.box.y2 <= label.box.y1]
-        below = [line for line in aligned if line.box.y1 >= label.box.y2]
-        value = (max(above, key=lambda l: l.box.y2, default=None)
-                 or min(below, key=lambda l: l.box.y1, default=None))
-        if value is not None:
-            terms = _terms(label.text) | _terms(value.text)
-            regions.append(Candidate(_union([label, value]), f"{value.text} ({label.text})",
-                                  frozenset(terms), 2, (label.text,)))
-    return regions
-
-
-def best_region(lines: list[TextLine], question: str) -> tuple[Candidate, tuple] | None:
+def best_region(lines: list[TextLine], question: str, rarity: Rarity | None = None,
+                document: str = "") -> tuple[Candidate, tuple] | None:
     """The region of a page's lines that best matches the question, with its rank (comparable across pages:
-    lookups first, then the summed term weight); None if nothing matches."""
-    wanted = _terms(question)
+    lookups first, then the score); None if no region holds a question term. `rarity` gives words' idf over the
+    whole store (None: over the page's lines); `document` is the page's document name."""
+    asked = _asked(question)
+    wanted = set(asked)
     if not lines or not wanted:
         return None
     line_terms = [_terms(line.text) for line in lines]
     document_frequency = Counter(term for terms in line_terms for term in terms)
-    weight = {}
-    for term in wanted:
-        idf = math.log(1 + len(lines) / (1 + document_frequency[term]))
-        weight[term] = idf * (NUMBER_WEIGHT if _NUMBER.match(term) else 1.0)
+    store = rarity(sorted(set().union(*asked.values()) | wanted)) if rarity is not None else {}
+    idf = {}
+    for term, words in asked.items():
+        overall = max(store.get(word, 0.0) for word in words | {term})
+        idf[term] = overall if overall > 0 else math.log(1 + len(lines) / (1 + document_frequency[term]))
+    weight = {term: idf[term] * (NUMBER_WEIGHT if _NUMBER.match(term) else 1.0) for term in wanted}
+    rarest = max(wanted & set(document_frequency), key=lambda t: (idf[t], t), default=None)
+    edges = _edges(lines)
+    named = _terms(name_words(document)) if document else set()
+    context = wanted & _context(lines, named, edges)
     best: tuple[tuple[bool, float, int], Candidate] | None = None
-    for region in _regions(lines, wanted):
-        score = sum(weight[t] for t in wanted & region.terms)
+    for region in regions(lines, wanted, _terms):
+        held = wanted & region.terms
+        # A running header or footer (an edge line naming the document or the page number) says which document a
+        # page is from (context, above); it is not an answer.
+        if not held or (_in_edges(region.box, edges) and (region.terms & named or _PAGE_NUMBER.search(region.answer))):
+            continue
+        score = (sum(weight[t] for t in held) + CONTEXT_WEIGHT * sum(weight[t] for t in context - held)
+                 + (RAREST_BONUS * weight[rarest] if rarest in held else 0.0))
         # A region keyed by a label every word of which was asked for (a row name, an axis tick) is a lookup:
         # the question names the row or the bar, so the value beside it beats prose that merely shares words.
         key = _terms(region.anchors[0]) if region.anchors else set()
         rank = (bool(key) and key <= wanted, score, -region.size)
-        if score > 0 and (best is None or rank > best[0]):
+        if best is None or rank > best[0]:
             best = (rank, region)
     return (best[1], best[0][:2]) if best else None
 
@@ -203,7 +140,9 @@ class ExtractivePolicy:
         if request.page_lines is None:
             raise BadInputError("the extractive policy reads page text; run it through the agent graph, which "
                                 "gives each request its pages' lines.")
-        return best_region(request.page_lines(image.page_id), request.question)
+        if not image.supported:
+            return None  # retrieval judged it cannot support an answer: quote nothing from it
+        return best_region(request.page_lines(image.page_id), request.question, request.term_rarity, image.document)
 
     def complete(self, request: PolicyRequest) -> Completion:
         run_images = [image for image in request.images if image.index >= request.first_image]

@@ -100,7 +100,7 @@ def test_retriever_metadata_filter_full_text_and_thumbnail(store, search):
     docs = retriever.invoke(QUESTIONS["q08"]["question"])
     assert {d.metadata["document"] for d in docs} == {"kx40_maintenance_manual.pdf"}
     meta = docs[0].metadata
-    assert set(meta) == {"page_id", "document", "page_number", "score", "image_path", "thumbnail",
+    assert set(meta) == {"page_id", "document", "page_number", "score", "relevance", "image_path", "thumbnail",
                          "thumbnail_mime_type"}
     page = store.page(meta["page_id"])
     assert meta["image_path"] == str(page.image_path) and Path(meta["image_path"]).is_file()
@@ -112,7 +112,7 @@ def test_retriever_metadata_filter_full_text_and_thumbnail(store, search):
     assert meta["thumbnail_mime_type"] == "image/jpeg" and max(thumbnail.size) == 256
 
     snippet = PageLensRetriever(store=store, retriever=search, k=1).invoke(QUESTIONS["q08"]["question"])[0]
-    assert set(snippet.metadata) == {"page_id", "document", "page_number", "score", "image_path"}
+    assert set(snippet.metadata) == {"page_id", "document", "page_number", "score", "relevance", "image_path"}
     block = re.fullmatch(r'<page_text source="[^"]+">\n(.+)\n</page_text>', snippet.page_content, re.DOTALL)
     assert 0 < len(block[1]) <= 242  # the matching snippet (240 characters and its ellipses)
 

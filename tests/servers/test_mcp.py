@@ -117,7 +117,7 @@ async def test_stdio_lists_tools_searches_asks_and_survives_errors(stdio):
     assert not found.is_error
     hits = json.loads(found.content[0].text)["hits"]
     assert found.structured_content["hits"] == hits and len(hits) == 3
-    assert set(hits[0]) == {"page_id", "document", "page_number", "score", "snippet"}
+    assert set(hits[0]) == {"page_id", "document", "page_number", "score", "relevance", "snippet"}
     assert (hits[0]["document"], hits[0]["page_number"]) == (NORTHWIND, 2)
     thumbnails = _images(found)
     assert len(thumbnails) == 3 and max(thumbnails[0].size) == 256

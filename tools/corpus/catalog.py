@@ -208,6 +208,19 @@ class Catalog:
                 out[pk] = PassageRow(pk, page_id, text, tuple(json.loads(terms)))
         return out
 
+    def page_terms(self, page_ids: Iterable[str]) -> dict[str, list[frozenset[int]]]:
+        """Each page's passages as their sets of term ids."""
+        wanted = list(page_ids)
+        out: dict[str, list[frozenset[int]]] = {page_id: [] for page_id in wanted}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for page_id, terms in self._db.execute(
+                f"SELECT page_id, terms FROM passages WHERE page_id IN ({marks})", chunk
+            ):
+                out[page_id].append(frozenset(json.loads(terms)))
+        return out
+
     def passage_count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM passages").fetchone()[0]
 

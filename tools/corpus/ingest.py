@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 from tqdm import tqdm
 
 from pagelens.errors import PageLensError
@@ -35,9 +36,9 @@ from pagelens.tools.corpus.text import MIN_TEXT_LAYER_CHARS, OcrEngine, page_tex
 from pagelens.tools.imagefiles import save_page_image, save_thumbnail
 from pagelens.tools.pages import TextLine, page_id_for
 from pagelens.tools.retrieval.embedders import TextEmbedder, make_embedder
-from pagelens.tools.retrieval.lexical import passage_vector
-from pagelens.tools.retrieval.passages import split_passages
-from pagelens.tools.retrieval.vectors import VectorRow
+from pagelens.tools.retrieval.lexical import AVG_PAGE_TERMS, passage_vector
+from pagelens.tools.retrieval.passages import in_view, split_passages
+from pagelens.tools.retrieval.vectors import VectorRow, page_row_pk
 
 WRITE_BATCH = 256
 T = TypeVar("T")
@@ -271,20 +272,26 @@ def _add_page(store: PageStore, job: _Job, work: _PageWork, embedder: TextEmbedd
     """Cut a produced page into passages, embed them and queue their Milvus rows."""
     page_id = page_id_for(job.document_id, work.page_number)
     job.pages.append(NewPage(page_id, work.page_number, work.width, work.height, work.text_source, work.lines))
-    texts = split_passages(page_text(work.lines).splitlines(), count_tokens, store.retrieval.passage_tokens)
+    text = page_text(work.lines)
+    texts = split_passages(text.splitlines(), count_tokens, store.retrieval.passage_tokens)
     rows = []
-    for j, text in enumerate(texts):
-        weights = passage_vector(text)
-        if weights:  # else nothing a search could match; Milvus also refuses an empty sparse vector
+    for j, passage in enumerate(texts):
+        weights = passage_vector(in_view(job.name, passage))
+        if any(c.isalnum() for c in passage):  # else nothing a search could match
             # The version in the pk keeps these rows apart from the committed version's rows of the same page.
-            rows.append((PassageRow(f"{page_id}:{job.version}:{j}", page_id, text, tuple(weights)), weights))
+            rows.append((PassageRow(f"{page_id}:{job.version}:{j}", page_id, passage, tuple(weights)), weights))
     if rows:
         # Embedding each page as it arrives keeps the worker rendering the next ones meanwhile; Milvus writes
         # are batched, as each call has a fixed cost.
-        dense = embedder.embed_passages([row.text for row, _ in rows])
+        dense = embedder.embed_passages([in_view(job.name, row.text) for row, _ in rows])
         job.passages += [row for row, _ in rows]
         job.unwritten += [VectorRow(row.pk, page_id, job.document_id, vec, weights)
                           for (row, weights), vec in zip(rows, dense)]
+        # The whole page as one more row: its BM25 over all its text, and the direction of its passages' mean.
+        mean = dense.mean(axis=0)
+        job.unwritten.append(VectorRow(page_row_pk(page_id, job.version), page_id, job.document_id,
+                                       mean / max(float(np.linalg.norm(mean)), 1e-12),
+                                       passage_vector(in_view(job.name, text), AVG_PAGE_TERMS)))
     if len(job.unwritten) >= WRITE_BATCH:
         store.vectors.insert(job.unwritten, job.version)
         job.unwritten = []

@@ -33,6 +33,9 @@ MIN_TEXT_LAYER_CHARS = 20
 # splitting every table cell, which `page_text` reads across a row anyway.
 _MAX_GAP_HEIGHTS = 2.0
 
+# The page's width is scanned for a gutter in this many strips.
+GUTTER_BINS = 200
+
 # PDFium writes a line-end hyphen as U+0002 (FPDFText_IsHyphen); it is a visible "-" on the page.
 _PDFIUM_HYPHEN = "\x02"
 
@@ -173,13 +176,13 @@ def visible_char_count(lines: list[TextLine]) -> int:
 
 
 def page_text(lines: list[TextLine]) -> str:
-    """The page's text in reading order: column by column (see `_sections`), and within one, rows top to
+    """The page's text in reading order: column by column (see `reading_sections`), and within one, rows top to
     bottom, lines within a row left to right.
 
     Lines whose vertical extents overlap by at least half the shorter one share a row, so words OCR
     splits into pieces, or table cells, read across.
     """
-    return "\n".join(_rows_text(section) for section in _sections(lines) if section)
+    return "\n".join(_rows_text(section) for section in reading_sections(lines) if section)
 
 
 def _rows_text(lines: list[TextLine]) -> str:
@@ -197,29 +200,41 @@ def _rows_text(lines: list[TextLine]) -> str:
     return "\n".join(" ".join(line.text for line in sorted(row, key=lambda line: line.box.x1)) for row in rows)
 
 
-def _sections(lines: list[TextLine]) -> list[list[TextLine]]:
+def reading_sections(lines: list[TextLine]) -> list[list[TextLine]]:
     """Runs of lines to read one after another: a two-column page becomes its left column, then its right
     column, with lines that span the gutter (titles, full-width figures) read in place between them.
 
-    The gutter is the widest vertical strip in the middle half of the page that no column-wide line (a quarter
-    to 60% of the text's width) crosses. A table also has such strips, so the split needs full columns: lines on each side must fill most of their
-    side, as running text does and table cells do not.
+    The gutter is the widest vertical strip in the middle half of the page that at most one in ten column-wide
+    lines (a quarter to 60% of the text's width) crosses. A table also has such strips, so the split needs full
+    columns: lines on each side must fill most of their side, as running text does and table cells do not.
     """
     if len(lines) < 6:
         return [lines]
     left = min(line.box.x1 for line in lines)
     right = max(line.box.x2 for line in lines)
     width = right - left
-    # Column-like lines only: short ones (centred titles, a column's last line) may cross the gutter.
-    narrow = sorted((line.box.x1, line.box.x2) for line in lines if 0.25 * width <= line.box.width < 0.6 * width)
+    # Column-like lines only: short ones (centred titles, a column's last line) may cross the gutter; so may one
+    # column-wide line in ten (a centred running footer, a caption).
+    narrow = [(line.box.x1, line.box.x2) for line in lines if 0.25 * width <= line.box.width < 0.6 * width]
+    allowed = len(narrow) // 10
+    step = width / GUTTER_BINS
+    crossing = [sum(x1 < left + (i + 0.5) * step < x2 for x1, x2 in narrow) for i in range(GUTTER_BINS)]
     gutter: tuple[float, float] | None = None
-    reach = left
-    for x1, x2 in narrow:
-        if x1 > reach and left + 0.25 * width <= (reach + x1) / 2 <= left + 0.75 * width:
-            if gutter is None or x1 - reach > gutter[1] - gutter[0]:
-                gutter = (reach, x1)
-        reach = max(reach, x2)
+    start = None
+    for i in range(GUTTER_BINS // 4, 3 * GUTTER_BINS // 4 + 1):
+        clear = i < 3 * GUTTER_BINS // 4 and crossing[i] <= allowed
+        if clear and start is None:
+            start = i
+        elif not clear and start is not None:
+            if gutter is None or (i - start) * step > gutter[1] - gutter[0]:
+                gutter = (left + start * step, left + i * step)
+            start = None
     if gutter is None:
+        return [lines]
+    # The gutter's edges: the nearest column-like line ends and starts around the clear strip.
+    gutter = (max((x2 for x1, x2 in narrow if x2 <= gutter[1]), default=gutter[0]),
+              min((x1 for x1, x2 in narrow if x1 >= gutter[0]), default=gutter[1]))
+    if gutter[1] <= gutter[0]:
         return [lines]
     lefts = [line for line in lines if line.box.x2 <= gutter[0]]
     rights = [line for line in lines if line.box.x1 >= gutter[1]]

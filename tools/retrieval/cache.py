@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse as sp
 
-from pagelens.tools.retrieval.vectors import VectorHit, VectorRow
+from pagelens.tools.retrieval.vectors import PAGE_ROW_PREFIX, Level, VectorHit, VectorRow
 
 IVF_MIN_ROWS = 20_000
 KMEANS_SAMPLE = 40_000
@@ -46,6 +46,7 @@ class MemoryIndex:
         self.term_columns = term_columns  # (T,) sorted term ids; column j holds term_columns[j]
         self.centroids = centroids        # (L, dim) list centroids; L = 0 below IVF_MIN_ROWS
         self.offsets = offsets            # (L + 1,) list j holds rows offsets[j]:offsets[j + 1]
+        self.page_rows = np.char.startswith(pks.astype(str), PAGE_ROW_PREFIX) if len(pks) else np.zeros(0, bool)
 
     @classmethod
     def build(cls, generation: int, batches: Iterable[list[VectorRow]], dim: int) -> MemoryIndex:
@@ -105,20 +106,25 @@ class MemoryIndex:
         except (OSError, KeyError, ValueError):
             return None
 
-    def search_dense(self, query: np.ndarray, limit: int, document_ids: list[str] | None) -> list[VectorHit]:
+    def search_dense(self, query: np.ndarray, limit: int, document_ids: list[str] | None,
+                     level: Level = "passage") -> list[VectorHit]:
         query = query.astype(np.float32)
         if document_ids is not None:
-            rows = self._rows_of(document_ids)
+            rows = self._rows_of(document_ids, level)
             return self._top(rows, self.dense[rows] @ query, limit)
         if len(self.centroids) == 0:
-            return self._top(None, self.dense @ query, limit)
+            rows = self._level_rows(level)
+            # A product over every row, then the level's: a contiguous scan, where gathering rows first copies them.
+            return self._top(rows, (self.dense @ query)[rows], limit)
         nprobe = max(1, int(np.ceil(len(self.centroids) * PROBE_FRACTION)))
         lists = np.argpartition(-(self.centroids @ query), nprobe - 1)[:nprobe]
-        spans = [np.arange(self.offsets[j], self.offsets[j + 1]) for j in lists]
-        scores = [self.dense[self.offsets[j] : self.offsets[j + 1]] @ query for j in lists]
-        return self._top(np.concatenate(spans), np.concatenate(scores), limit)
+        rows = np.concatenate([np.arange(self.offsets[j], self.offsets[j + 1]) for j in lists])
+        scores = np.concatenate([self.dense[self.offsets[j] : self.offsets[j + 1]] @ query for j in lists])
+        wanted = self.page_rows[rows] == (level == "page")
+        return self._top(rows[wanted], scores[wanted], limit)
 
-    def search_sparse(self, query: dict[int, float], limit: int, document_ids: list[str] | None) -> list[VectorHit]:
+    def search_sparse(self, query: dict[int, float], limit: int, document_ids: list[str] | None,
+                      level: Level = "passage") -> list[VectorHit]:
         terms = np.asarray(sorted(query), dtype=np.int64)
         cols = np.searchsorted(self.term_columns, terms)
         known = cols < len(self.term_columns)
@@ -127,16 +133,17 @@ class MemoryIndex:
             return []
         weights = np.asarray([query[int(t)] for t in terms[known]], np.float32)
         scores = np.asarray(self.lexical[:, cols[known]] @ weights).ravel()  # (N,)
-        rows = None
-        if document_ids is not None:
-            rows = self._rows_of(document_ids)
-            scores = scores[rows]
-        return [h for h in self._top(rows, scores, limit) if h.score > 0]
+        rows = self._rows_of(document_ids, level) if document_ids is not None else self._level_rows(level)
+        return [h for h in self._top(rows, scores[rows], limit) if h.score > 0]
 
-    def _rows_of(self, document_ids: list[str]) -> np.ndarray:
-        """The rows of these documents; matching integer codes, not strings, keeps this cheap at 100k rows."""
+    def _level_rows(self, level: Level) -> np.ndarray:
+        return np.flatnonzero(self.page_rows == (level == "page"))
+
+    def _rows_of(self, document_ids: list[str], level: Level) -> np.ndarray:
+        """The rows of these documents at this level; matching integer codes, not strings, keeps this cheap at
+        100k rows."""
         codes = np.flatnonzero(np.isin(self.documents, np.asarray(document_ids, dtype=str)))
-        return np.flatnonzero(np.isin(self.document_codes, codes))
+        return np.flatnonzero(np.isin(self.document_codes, codes) & (self.page_rows == (level == "page")))
 
     def _top(self, rows: np.ndarray | None, scores: np.ndarray, limit: int) -> list[VectorHit]:
         """The best `limit` of `scores`, where scores[i] belongs to row rows[i] (or row i when rows is None)."""

@@ -1,8 +1,21 @@
-"""Cutting page text into passages that fit the embedder."""
+"""Cutting page text into passages that fit the embedder, and the text each is indexed by."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import PurePath
+
+
+def name_words(document: str) -> str:
+    """A document's file name as words ("kx40_maintenance-manual.pdf" -> "kx40 maintenance manual")."""
+    return " ".join(re.split(r"[\W_]+", PurePath(document).stem)).strip()
+
+
+def in_view(document: str, text: str) -> str:
+    """The text a passage or page is indexed by: its own, headed by its document's name, so that a search naming
+    the document finds it even where only the cover or the page header says which document a page is from."""
+    return f"{name_words(document)}\n{text}"
 
 
 def split_passages(lines: list[str], count_tokens: Callable[[list[str]], list[int]], max_tokens: int) -> list[str]:

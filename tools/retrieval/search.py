@@ -1,20 +1,26 @@
-"""Search: dense and lexical routes over passages, grouped by page, fused by reciprocal rank fusion.
+"""Search: up to four routes over the store's rows, grouped by page, fused by weighted reciprocal rank fusion.
 
-A page scores, in each route, as its best passage; the routes' page rankings are fused with RRF
-(Cormack et al. 2009): score(page) = sum over routes of 1 / (rrf_k + rank). The document filter is resolved
-to document ids first and applied inside the search (Milvus's filter expression, or the memory index's row
-selection), never to the top-k afterwards, so a filtered search still returns k pages when k exist.
+The routes (`RetrievalSettings` weighs each; weight 0 leaves one out): dense and BM25 over passages, where a page
+scores as its best passage, and BM25 and dense over whole pages (BM25 of all a page's text; the mean direction of
+its passages). Each route ranks pages; fusion (Cormack et al. 2009) scores a page sum over routes of
+weight / (rrf_k + rank). Passage routes find the one paragraph that answers; the page-level BM25 route finds a
+page whose words answer together though no one passage holds them all, as in a manual's option lists.
+The document filter is resolved to document ids first and applied inside the search (Milvus's filter expression,
+or the memory index's row selection), never to the top-k afterwards, so a filtered search still returns k pages
+when k exist.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from pagelens.errors import BadInputError, NotFoundError
 from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.pages import Hit
 from pagelens.tools.retrieval.embedders import TextEmbedder, make_embedder
-from pagelens.tools.retrieval.lexical import query_terms, query_vector, tokenize
+from pagelens.tools.retrieval.lexical import query_terms, query_vector, term_id, tokenize
+from pagelens.tools.retrieval.relevance import PageEvidence, coverage, query_weights
 from pagelens.tools.retrieval.vectors import VectorHit
 
 MAX_K = 100
@@ -26,12 +32,66 @@ class Retriever:
         self.store = store
         self.embedder = embedder or make_embedder(store.retrieval.embedder)
 
+    def rarity(self, words: list[str]) -> dict[str, float]:
+        """Each word's BM25 inverse document frequency over the store's passages (0 for a word no passage holds):
+        how much finding it says about a passage, on the same scale the lexical route weighs it."""
+        ids = {word: term_id(word) for word in words}
+        weights = query_vector(list(set(ids.values())),
+                               self.store.catalog.document_frequencies(ids.values()), self.store.catalog.passage_count())
+        return {word: weights.get(i, 0.0) for word, i in ids.items()}
+
     def search(self, query: str, k: int = 5, document: str | None = None) -> list[Hit]:
         """The k best pages for the query, optionally only in documents whose name matches a glob."""
-        if not query.strip():
-            raise BadInputError("the query is empty; give some words to search for.")
         if not 1 <= k <= MAX_K:
             raise BadInputError(f"k={k} is out of range; ask for 1 to {MAX_K} pages.")
+        rankings = self.route_rankings(query, document)
+        weights = self.store.retrieval.route_weights
+        fused: dict[str, float] = {}
+        relative: dict[str, float] = {}
+        for route, ranking in rankings.items():
+            top = ranking[0][1].score if ranking and ranking[0][1].score > 0 else 1.0
+            for rank, (page_id, hit) in enumerate(ranking, start=1):
+                fused[page_id] = fused.get(page_id, 0.0) + weights[route] / (self.store.retrieval.rrf_k + rank)
+                relative[page_id] = relative.get(page_id, 0.0) + weights[route] * hit.score / top
+        # Two routes tie often under RRF (1st + 2nd vs 2nd + 1st); the scores relative to each route's best
+        # then decide, so a page that is a close second in one route beats a distant second.
+        ranked = sorted(fused, key=lambda p: (-fused[p], -relative[p], p))[:k]
+        pages = {p.page_id: p for p in self.store.pages(ranked)}
+        # The snippet is a page's best passage in the passage routes (a page-level row has no passage of its own).
+        best: dict[str, str] = {}
+        for route in ("bm25", "dense"):
+            for page_id, hit in rankings.get(route, []):
+                best.setdefault(page_id, hit.pk)
+        passages = self.store.catalog.passages(best[p] for p in ranked if p in best)
+        similarity = {page_id: hit.score for page_id, hit in rankings.get("dense", [])}
+        evidence = self.page_evidence(query, ranked, similarity)
+        model = self.store.retrieval.relevance
+        return [
+            Hit(pages[p], fused[p], snippet(passages[best[p]].text if best.get(p) in passages else "", query),
+                similarity.get(p, 0.0), model.probability(evidence[p]))
+            for p in ranked
+            if p in pages
+        ]
+
+    def page_evidence(self, query: str, page_ids: list[str], similarity: dict[str, float]) -> dict[str, PageEvidence]:
+        """The normalised scores the relevance model reads (tools/retrieval/relevance.py), per page."""
+        terms = query_terms(query)
+        catalog = self.store.catalog
+        weights = query_weights(terms, catalog.document_frequencies(terms), catalog.passage_count())
+        passages = catalog.page_terms(page_ids)
+        return {
+            p: PageEvidence(coverage(weights, frozenset().union(*passages[p])),
+                            max((coverage(weights, t) for t in passages[p]), default=0.0),
+                            min(1.0, max(0.0, similarity.get(p, 0.0))))
+            for p in page_ids
+        }
+
+    def route_rankings(self, query: str, document: str | None = None,
+                       routes: Iterable[str] | None = None) -> dict[str, list[tuple[str, VectorHit]]]:
+        """Each route's pages, best first, as (page_id, the hit that ranks it): the routes of positive weight, or
+        the named ones (`benchmarks/retrieval.py` measures each alone)."""
+        if not query.strip():
+            raise BadInputError("the query is empty; give some words to search for.")
         document_ids = None
         if document is not None:
             matched = self.store.match_documents(document)
@@ -41,32 +101,23 @@ class Retriever:
                 )
             document_ids = [d.document_id for d in matched]
         settings = self.store.retrieval
+        wanted = [r for r, w in settings.route_weights.items() if w > 0] if routes is None else list(routes)
         backend = self.store.memory_index() if self.store.use_memory_index() else self.store.vectors
         terms = query_terms(query)
         sparse = query_vector(terms, self.store.catalog.document_frequencies(terms), self.store.catalog.passage_count())
-        dense_hits = backend.search_dense(self.embedder.embed_query(query), settings.candidates, document_ids)
-        lexical_hits = backend.search_sparse(sparse, settings.candidates, document_ids) if sparse else []
-        fused: dict[str, float] = {}
-        relative: dict[str, float] = {}
-        best: dict[str, str] = {}
-        for hits in (dense_hits, lexical_hits):
-            top = hits[0].score if hits and hits[0].score > 0 else 1.0
-            for rank, (page_id, hit) in enumerate(_best_per_page(hits), start=1):
-                fused[page_id] = fused.get(page_id, 0.0) + 1.0 / (settings.rrf_k + rank)
-                relative[page_id] = relative.get(page_id, 0.0) + hit.score / top
-                best.setdefault(page_id, hit.pk)
-        # Two routes tie often under RRF (1st + 2nd vs 2nd + 1st); the scores relative to each route's best
-        # then decide, so a page that is a close second in one route beats a distant second.
-        ranked = sorted(fused, key=lambda p: (-fused[p], -relative[p], p))[:k]
-        pages = {p.page_id: p for p in self.store.pages(ranked)}
-        passages = self.store.catalog.passages(best[p] for p in ranked)
-        similarity = {page_id: hit.score for page_id, hit in _best_per_page(dense_hits)}
-        return [
-            Hit(pages[p], fused[p], snippet(passages[best[p]].text if best[p] in passages else "", query),
-                similarity.get(p, 0.0))
-            for p in ranked
-            if p in pages
-        ]
+        dense = self.embedder.embed_query(query) if {"dense", "page-dense"} & set(wanted) else None
+        search = {
+            "dense": lambda: backend.search_dense(dense, settings.candidates, document_ids),
+            "bm25": lambda: backend.search_sparse(sparse, settings.candidates, document_ids) if sparse else [],
+            "page-bm25": lambda: (backend.search_sparse(sparse, settings.candidates, document_ids, level="page")
+                                  if sparse else []),
+            "page-dense": lambda: backend.search_dense(dense, settings.candidates, document_ids, level="page"),
+        }
+        unknown = set(wanted) - set(search)
+        if unknown:
+            raise BadInputError(f"unknown retrieval route(s) {', '.join(sorted(unknown))}; "
+                                f"the routes are {', '.join(search)}.")
+        return {route: _best_per_page(search[route]()) for route in wanted}
 
 
 def _best_per_page(hits: list[VectorHit]) -> list[tuple[str, VectorHit]]:

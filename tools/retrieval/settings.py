@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pagelens.errors import BadInputError
+from pagelens.tools.retrieval.relevance import RelevanceModel
 
 
 @dataclass(frozen=True)
@@ -17,19 +18,58 @@ class RetrievalSettings:
     candidates: int = 100
     """Passages fetched per route (dense, lexical) before grouping by page and fusing."""
     rrf_k: int = 60
-    """Reciprocal rank fusion constant: score = sum over routes of 1 / (rrf_k + rank)."""
+    """Reciprocal rank fusion constant: score = sum over routes of weight / (rrf_k + rank)."""
+    dense_weight: float = 1.0
+    """Fusion weight of the dense route: a page's best passage by embedding similarity (0 leaves the route out)."""
+    bm25_weight: float = 1.0
+    """Fusion weight of BM25 over passages: a page's best passage."""
+    page_bm25_weight: float = 1.0
+    """Fusion weight of BM25 over each page's whole text."""
+    page_dense_weight: float = 0.0
+    """Fusion weight of the page-level dense route: the mean direction of a page's passages."""
+    relevance_weights: tuple[float, float, float] = (3.1453, 2.1534, 0.8379)
+    """The relevance model's weights of page coverage, passage coverage and similarity (tools/retrieval/relevance.py;
+    fitted by benchmarks/relevance.py)."""
+    relevance_bias: float = -2.6108
+    """The relevance model's bias."""
+    relevance_threshold: float = 0.31
+    """A page whose relevance probability reaches this supports an answer; below it on every page, the offline
+    policy answers "insufficient to answer"."""
     memory_index: Literal["auto", "on", "off"] = "auto"
     """Serve searches from an exact in-memory copy of the vectors ("auto": on for Milvus Lite, whose per-call
     latency is 100+ ms at 100k vectors; off for a Milvus server, which searches its own index)."""
 
     def __post_init__(self) -> None:
+        try:  # a config file gives a list
+            weights = tuple(float(w) for w in self.relevance_weights)
+        except (TypeError, ValueError):
+            weights = ()
+        if len(weights) != 3:
+            raise BadInputError(f"relevance_weights={self.relevance_weights!r} must be three numbers (page coverage, "
+                                f"passage coverage, similarity).")
+        object.__setattr__(self, "relevance_weights", weights)
+        if not 0 < self.relevance_threshold < 1:
+            raise BadInputError(f"relevance_threshold={self.relevance_threshold} must lie between 0 and 1.")
         if self.passage_tokens < 16 or self.passage_tokens > 256:
             raise BadInputError(f"passage_tokens={self.passage_tokens} is out of range; use 16 to 256.")
         if self.candidates < 1:
             raise BadInputError(f"candidates={self.candidates} must be at least 1.")
+        if min(self.route_weights.values()) < 0 or max(self.route_weights.values()) <= 0:
+            raise BadInputError("route weights (dense_weight, bm25_weight, page_bm25_weight, page_dense_weight) "
+                                "must be at least 0, and one above 0.")
         if self.memory_index not in ("auto", "on", "off"):
             raise BadInputError(f"memory_index={self.memory_index!r} is not one of auto, on, off.")
 
+    @property
+    def relevance(self) -> RelevanceModel:
+        return RelevanceModel(self.relevance_weights, self.relevance_bias, self.relevance_threshold)
+
+    @property
+    def route_weights(self) -> dict[str, float]:
+        return {"dense": self.dense_weight, "bm25": self.bm25_weight, "page-bm25": self.page_bm25_weight,
+                "page-dense": self.page_dense_weight}
+
     def manifest(self) -> dict:
         """What a store built with these settings must keep: vectors made otherwise are not comparable."""
-        return {"embedders": [self.embedder, "bm25-blake2-v1"], "chunking": {"passage_tokens": self.passage_tokens}}
+        # v2: passages and pages indexed with their document's name, and a row per page.
+        return {"embedders": [self.embedder, "bm25-blake2-v2"], "chunking": {"passage_tokens": self.passage_tokens}}

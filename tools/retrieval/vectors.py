@@ -1,4 +1,8 @@
-"""Passage vectors in Milvus: one row per passage (dense + BM25 sparse), searched with a document filter.
+"""Passage vectors in Milvus: one row per passage (dense + BM25 sparse), and one per page (the mean direction of
+its passages + BM25 over its whole text), searched at one of the two levels with a document filter.
+
+A page's row is told apart by its primary key (`page_row_pk`: a prefix the passage keys never have), so both
+levels share one collection, one document filter and one delete.
 
 Milvus Lite (the default, a folder under the store) and a Milvus server take the same calls. Dense vectors
 use HNSW (inner product on normalised vectors): it indexes incrementally, segment by segment, and keeps
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -20,6 +25,18 @@ HNSW_BUILD = {"M": 16, "efConstruction": 200}
 # counts each early ping as a strike and at the third sends GOAWAY "too_many_pings", failing the calls in flight.
 # Ping no more often than that policy allows (Milvus itself allows every 5 s, so this suits it too).
 GRPC_OPTIONS = {"grpc.keepalive_time_ms": 360_000, "grpc.keepalive_permit_without_calls": 0}
+
+
+PAGE_ROW_PREFIX = "page:"
+Level = Literal["passage", "page"]
+
+
+def page_row_pk(page_id: str, version: str) -> str:
+    return f"{PAGE_ROW_PREFIX}{page_id}:{version}"
+
+
+def is_page_row(pk: str) -> bool:
+    return pk.startswith(PAGE_ROW_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,14 @@ def document_filter(document_ids: list[str] | None) -> str:
         return ""
     quoted = ", ".join(f'"{d}"' for d in document_ids)  # ids are hex digests: nothing to escape
     return f"document_id in [{quoted}]"
+
+
+def search_filter(level: Level, document_ids: list[str] | None) -> str:
+    """A Milvus boolean expression for one level's rows of these documents."""
+    pages = f'pk like "{PAGE_ROW_PREFIX}%"'
+    expression = pages if level == "page" else f"not ({pages})"
+    documents = document_filter(document_ids)
+    return f"{expression} and {documents}" if documents else expression
 
 
 class VectorStore:
@@ -120,24 +145,26 @@ class VectorStore:
     def flush(self) -> None:
         self._client.flush(COLLECTION)
 
-    def count(self) -> int:
-        res = self._client.query(COLLECTION, filter="", output_fields=["count(*)"])
+    def count(self, level: Level = "passage") -> int:
+        res = self._client.query(COLLECTION, filter=search_filter(level, None), output_fields=["count(*)"])
         return int(res[0]["count(*)"])
 
-    def search_dense(self, query: np.ndarray, limit: int, document_ids: list[str] | None) -> list[VectorHit]:
+    def search_dense(self, query: np.ndarray, limit: int, document_ids: list[str] | None,
+                     level: Level = "passage") -> list[VectorHit]:
         res = self._client.search(
             COLLECTION, [query.tolist()], anns_field="dense", limit=limit,
-            filter=document_filter(document_ids), output_fields=["page_id"],
+            filter=search_filter(level, document_ids), output_fields=["page_id"],
             search_params={"metric_type": "IP", "params": {"ef": max(64, limit)}},
         )
         return [VectorHit(h["pk"], h["entity"]["page_id"], float(h["distance"])) for h in res[0]]
 
-    def search_sparse(self, query: dict[int, float], limit: int, document_ids: list[str] | None) -> list[VectorHit]:
+    def search_sparse(self, query: dict[int, float], limit: int, document_ids: list[str] | None,
+                      level: Level = "passage") -> list[VectorHit]:
         if not query:
             return []
         res = self._client.search(
             COLLECTION, [query], anns_field="sparse", limit=limit,
-            filter=document_filter(document_ids), output_fields=["page_id"],
+            filter=search_filter(level, document_ids), output_fields=["page_id"],
             search_params={"metric_type": "IP"},
         )
         return [VectorHit(h["pk"], h["entity"]["page_id"], float(h["distance"])) for h in res[0]]
