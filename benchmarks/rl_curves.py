@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pagelens.training.recording import record_extractive_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "servers" / "sample"
@@ -46,34 +47,11 @@ def index_sample(home: Path) -> None:
         index_paths(store, sorted(SAMPLE.glob("*.pdf")), progress=False)
 
 
-def record(home: Path, protocol: str, runs: int, path: Path) -> None:
-    """The extractive policy's runs on the sample questions and phrase questions, in one process (as
-    `pagelens ask --policy extractive --trajectory` writes them)."""
-    from pagelens.graph.build import Agent
-    from pagelens.graph.policies import make_policy
-    from pagelens.graph.settings import AgentSettings, PolicySettings
-    from pagelens.graph.trajectory import append_trajectory
-    from pagelens.tools.corpus.store import PageStore, StoreSettings
-
-    questions = [q["question"] for q in json.loads((SAMPLE / "questions.json").read_text())]
-    rng = random.Random(0)
-    with PageStore(StoreSettings(home=home)) as store:
-        lines = [line.text.split() for page in store.pages() for line in store.lines(page.page_id)
-                 if len(line.text.split()) >= 4]
-        while len(questions) < runs:
-            words = rng.choice(lines)
-            size = rng.randint(3, 9)
-            start = rng.randrange(max(1, len(words) - size + 1))
-            questions.append(" ".join(words[start:start + size]).rstrip(".,;:") + "?")
-        agent = Agent(store, make_policy(PolicySettings()), AgentSettings(protocol=protocol))
-        for question in questions:
-            append_trajectory(agent.ask(question), agent.context.pages.page, path)
-
-
 def sft_model(work: Path, home: Path, protocol: str, args) -> Path:
     runs = work / "runs" / "runs.jsonl"
     runs.parent.mkdir(parents=True)
-    record(home, protocol, args.runs, runs)
+    record_extractive_runs(home, [q["question"] for q in json.loads((SAMPLE / "questions.json").read_text())],
+                           args.runs, runs, protocol)
     pagelens("tiny-model", "qwen2.5-vl", str(work / "tiny"), "--vocab-size", "4096", "--hidden-size", "128",
              home=home, threads=args.threads)
     pagelens("train", "sft", "--model", str(work / "tiny"), "--data", str(runs), "--out", str(work / "sft"),

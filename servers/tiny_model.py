@@ -219,3 +219,58 @@ def _tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]):
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
+
+
+def build_tiny_colqwen2(folder: Path, *, backbone: Literal["qwen2-vl", "qwen2.5-vl"] = "qwen2.5-vl", seed: int = 0,
+                        vocabulary: Literal["qwen", "small"] = "qwen", embedding_dim: int = 128) -> Path:
+    """Write a random-weight ColQwen2 retriever (transformers' `ColQwen2ForRetrieval` and `ColQwen2Processor`) to
+    `folder`, over a tiny Qwen2-VL or Qwen2.5-VL backbone of SPEC §8's sizes.
+
+    The processor holds the PIL Qwen2-VL image processor (no torchvision), capped at 768 visual tokens a page as
+    colpali-engine caps ColQwen2, and the same tokenizer `build_tiny_qwen25vl` writes. The folder reloads with
+    HF_HUB_OFFLINE=1 through `ColQwen2ForRetrieval` (or `AutoModelForPreTraining`: transformers maps no `AutoModel`
+    to ColQwen2) and `AutoProcessor`. The same `seed` gives the same weights. Returns `folder`.
+    """
+    import torch
+    from transformers import ColQwen2Config, ColQwen2ForRetrieval, ColQwen2Processor, Qwen2_5_VLConfig, Qwen2VLConfig
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    if backbone not in ("qwen2-vl", "qwen2.5-vl"):
+        raise BadInputError(f"backbone {backbone!r} is not known; use 'qwen2-vl' or 'qwen2.5-vl'.")
+    if not 0 < embedding_dim <= 128:
+        raise BadInputError(f"embedding dimension {embedding_dim} is out of range; give 1 to 128 (ColQwen2's is 128).")
+    if vocabulary not in ("qwen", "small"):
+        raise BadInputError(f"vocabulary {vocabulary!r} is not known; use 'qwen' or 'small'.")
+    tokenizer = _tokenizer(*(_qwen_vocabulary() if vocabulary == "qwen" else _small_vocabulary()))
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    hidden = 64
+    text = {
+        "vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32768,
+        # the three mrope sections must sum to half the head size (SPEC §8)
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+        "tie_word_embeddings": True,
+    }
+    tokens = {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+              "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
+              "tie_word_embeddings": True}
+    if backbone == "qwen2.5-vl":
+        vlm = Qwen2_5_VLConfig(text_config=text, vision_config={
+            "depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": hidden,
+            "fullatt_block_indexes": [0]}, **tokens)
+    else:  # Qwen2-VL's vision tower names its width embed_dim and its output hidden_size
+        vlm = Qwen2VLConfig(text_config=text, vision_config={
+            "depth": 1, "embed_dim": 32, "hidden_size": hidden, "mlp_ratio": 2, "num_heads": 2}, **tokens)
+    config = ColQwen2Config(vlm_config=vlm, embedding_dim=embedding_dim)
+    with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller's generator
+        torch.manual_seed(seed)
+        model = ColQwen2ForRetrieval(config).eval()
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=768 * 28 * 28)
+    processor = ColQwen2Processor(image_processor=image_processor, tokenizer=tokenizer)
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

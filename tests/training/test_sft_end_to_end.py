@@ -29,41 +29,17 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 from pathlib import Path
 
 import pytest
 
-from pagelens.graph.build import Agent
-from pagelens.graph.policies import make_policy
-from pagelens.graph.settings import AgentSettings, PolicySettings
-from pagelens.graph.trajectory import append_trajectory
-from pagelens.tools.corpus.store import PageStore, StoreSettings
+from pagelens.training.recording import record_extractive_runs
 
 SAMPLE = Path(__file__).resolve().parents[2] / "servers" / "sample"
 TRAIN = 14  # the first 14 sample questions are trained on, the last 6 held out
 RUNS = 700
 STEPS = 700
-
-
-def _record(home: Path, questions: list[str], path: Path) -> int:
-    """What `pagelens ask --policy extractive --protocol pagelens --trajectory` does per question, in one process
-    (the CLI loads the embedder once per question, which would cost ~20 s each here), for `questions` and then for
-    questions cut from the pages' text up to RUNS questions; returns how many runs it recorded."""
-    rng = random.Random(0)
-    with PageStore(StoreSettings(home=home)) as store:
-        lines = [line.text.split() for page in store.pages() for line in store.lines(page.page_id)
-                 if len(line.text.split()) >= 4]
-        while len(questions) < RUNS:
-            words = rng.choice(lines)
-            size = rng.randint(3, 9)
-            start = rng.randrange(max(1, len(words) - size + 1))
-            questions.append(" ".join(words[start:start + size]).rstrip(".,;:") + "?")
-        agent = Agent(store, make_policy(PolicySettings()), AgentSettings(protocol="pagelens"))
-        for question in questions:
-            append_trajectory(agent.ask(question), agent.context.pages.page, path)
-    return len(questions)
 
 
 def _evaluate(cli, home: Path, url: str, questions: Path, folder: Path, *, max_tokens: int, max_turns: int,
@@ -89,7 +65,7 @@ def test_sft_teaches_the_tiny_model_the_protocol_turns(sample_copy, cli, policy_
     # One question through the real command, the rest in-process through the same agent and trajectory writer.
     cli("ask", questions[0]["question"], "--policy", "extractive", "--protocol", "pagelens", "--trajectory", str(runs),
         home=sample_copy)
-    recorded = 1 + _record(sample_copy, [q["question"] for q in questions[1:TRAIN]], runs)
+    recorded = 1 + record_extractive_runs(sample_copy, [q["question"] for q in questions[1:TRAIN]], RUNS, runs)
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text("".join(json.dumps({"question": q["question"], "answers": [q["answer"]],
                                             "pages": [{"document": q["document"], "page": q["page"]}]}) + "\n"
