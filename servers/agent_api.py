@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 import time
 import traceback
@@ -49,7 +48,7 @@ from pagelens.servers.answers import describe
 from pagelens.servers.api_request import MODELS, ChatRequest, parse_chat_request
 from pagelens.servers.api_runs import AgentService, Event, Run
 from pagelens.servers.config import Settings
-from pagelens.servers.limits import LOOPBACK, ApiError, check_key, read_json, warn_if_exposed
+from pagelens.servers.limits import AllowedCallers, ApiError, check_key, read_json, warn_if_exposed
 
 # How often a request waiting on its run checks whether its client is still there.
 _POLL_SECONDS = 0.25
@@ -66,25 +65,21 @@ class _ClientGone(Exception):
 def create_app(service: AgentService, *, host: str = "127.0.0.1") -> FastAPI:
     """The FastAPI app serving `service`'s agents on `host`; the caller owns the service and closes it."""
     serving = service.settings.serving
-    origins = _pattern([f"{scheme}://{name}{port}" for scheme in ("http", "https") for name in LOOPBACK
-                        for port in ("", ":*")] + list(serving.origins))
-    bound = f"[{host}]" if ":" in host else host
-    names = [*LOOPBACK, bound, *(origin.split("://", 1)[-1] for origin in serving.origins)]
-    hosts = _pattern([*names, *(f"{name}:*" for name in names)])
+    callers = AllowedCallers.of(host, serving.origins)
     app = FastAPI(title="pagelens agent API")
-    app.add_middleware(CORSMiddleware, allow_origin_regex=origins.pattern, allow_methods=["GET", "POST"],
-                       allow_headers=["*"])
+    app.add_middleware(CORSMiddleware, allow_origin_regex=callers.origin_pattern.pattern,
+                       allow_methods=["GET", "POST"], allow_headers=["*"])
     started = int(time.time())
 
     def check_access(request: Request) -> None:
         # DNS rebinding: a web page whose name now resolves to this server must not reach it. Without a key the
         # Host header must name this server; with one, the key guards it (and clients may use any name for it).
         origin = request.headers.get("origin")
-        if origin and not origins.fullmatch(origin):
+        if origin and not callers.origin_allowed(origin):
             raise ApiError(403, f"browser origin {origin} is not allowed; add it to allowed_origins in [serving].",
                            "permission_error", code="origin_not_allowed")
         given_host = request.headers.get("host", "")
-        if not serving.api_key and not hosts.fullmatch(given_host):
+        if not serving.api_key and not callers.host_allowed(given_host):
             raise ApiError(421, f"Host {given_host!r} does not name this server; reach it as 127.0.0.1, list the "
                                 "name's origin in allowed_origins, or set PAGELENS_API_KEY.", "permission_error",
                            code="host_not_allowed")
@@ -247,12 +242,6 @@ def _api_error(exc: Exception) -> ApiError:
     traceback.print_exception(exc)
     return ApiError(500, f"the agent failed ({type(exc).__name__}: {exc}); see the server's log.", "api_error",
                     code="internal_error")
-
-
-def _pattern(allowed: list[str]) -> re.Pattern:
-    """A regex matching any of `allowed`, where a trailing ":*" stands for any port (as in allowed_origins)."""
-    return re.compile("|".join(re.escape(item[:-2]) + r":\d+" if item.endswith(":*") else re.escape(item)
-                               for item in allowed))
 
 
 def _error(error: ApiError) -> JSONResponse:

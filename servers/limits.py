@@ -25,6 +25,42 @@ LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 _DATA_URL = re.compile(r"data:image/(png|jpeg|jpg|webp|gif|bmp|tiff);base64,(.*)", re.DOTALL)
 
 
+@dataclass(frozen=True)
+class AllowedCallers:
+    """Who may call an HTTP server bound to `host`, against DNS rebinding (a web page whose name now resolves to
+    this server must not reach it): the Host header must name loopback, the bound address or an allowed origin's
+    host; an Origin header, where a browser sends one, must be a loopback one or one of the allowed origins. An
+    entry ending in ":*" allows any port, as MCP's TransportSecuritySettings (which takes these lists) reads them."""
+
+    hosts: tuple[str, ...]
+    origins: tuple[str, ...]
+
+    @classmethod
+    def of(cls, host: str, origins: tuple[str, ...] | list[str]) -> AllowedCallers:
+        bound = f"[{host}]" if ":" in host else host
+        names = list(dict.fromkeys((*LOOPBACK, bound)))
+        hosts = [*names, *(f"{name}:*" for name in names), *(origin.split("://", 1)[-1] for origin in origins)]
+        loopback = [f"{scheme}://{name}{port}" for scheme in ("http", "https") for name in LOOPBACK
+                    for port in ("", ":*")]
+        return cls(tuple(hosts), (*loopback, *origins))
+
+    @property
+    def origin_pattern(self) -> re.Pattern:
+        return _pattern(self.origins)
+
+    def host_allowed(self, host: str) -> bool:
+        return bool(_pattern(self.hosts).fullmatch(host))
+
+    def origin_allowed(self, origin: str) -> bool:
+        return bool(self.origin_pattern.fullmatch(origin))
+
+
+def _pattern(allowed: tuple[str, ...]) -> re.Pattern:
+    """A regex matching any of `allowed`, where a trailing ":*" stands for any port."""
+    return re.compile("|".join(re.escape(item[:-2]) + r":\d+" if item.endswith(":*") else re.escape(item)
+                               for item in allowed))
+
+
 class ApiError(Exception):
     """A request the server refuses, in OpenAI's error shape: HTTP status, message, type, param and code."""
 

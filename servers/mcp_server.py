@@ -38,10 +38,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pagelens import __version__
 from pagelens.errors import BadInputError
 from pagelens.servers.config import Settings
+from pagelens.servers.limits import AllowedCallers
 from pagelens.servers.mcp_tools import TOOLS, PageLensContext, page_resource
 from pagelens.tools.corpus.store import PageStore
 
-LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 INSTRUCTIONS = (
     "pagelens holds indexed page images (PDF pages, scans, slides, photos) with their text. search_pages finds the "
     "pages for a query (with thumbnails); view_page shows a page; crop_region zooms into a box of it to read small "
@@ -147,16 +147,11 @@ def run_mcp_server(settings: Settings, *, transport: Literal["stdio", "http"] = 
 
 
 def transport_security(host: str, origins: Sequence[str]) -> TransportSecuritySettings:
-    """DNS-rebinding protection for HTTP: the Host header must name loopback, the bound address or an allowed
-    origin's host; an Origin header must be a localhost one or one of `origins` ("https://app.example.com", or
-    "https://app.example.com:*" for any port). Requests without Origin (clients that are not browsers) pass."""
-    bound = f"[{host}]" if ":" in host else host
-    names = list(dict.fromkeys((*LOOPBACK, bound)))
-    hosts = [*names, *(f"{name}:*" for name in names)]
-    hosts += [origin.split("://", 1)[-1] for origin in origins]
-    allowed = [f"{scheme}://{name}{port}" for scheme in ("http", "https") for name in LOOPBACK for port in ("", ":*")]
-    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
-                                     allowed_origins=[*allowed, *origins])
+    """DNS-rebinding protection for HTTP, with the hosts and origins the agent API allows too (`AllowedCallers`).
+    Requests without Origin (clients that are not browsers) pass."""
+    callers = AllowedCallers.of(host, list(origins))
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=list(callers.hosts),
+                                     allowed_origins=list(callers.origins))
 
 
 class RequireBearerToken:
