@@ -9,6 +9,7 @@ from pathlib import Path
 from pagelens import __version__
 from pagelens.errors import PageLensError
 from pagelens.servers.terminal import EXIT_ERROR
+from pagelens.tools.retrieval.settings import RETRIEVERS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pages", type=int, metavar="N",
                    help="skip any file of more than N pages, with one line naming it (default 2000)")
     p.add_argument("--rebuild", action="store_true", help="delete the store's contents and settings first")
+    p.add_argument("--retriever", choices=RETRIEVERS,
+                   help="what pages are found by: their text (the default), their image (colqwen: ColQwen2 "
+                        "multi-vector; vlm: one Qwen2-VL vector), or both fused; kept in the store's manifest")
+    p.add_argument("--model", metavar="PATH", help="the vision retriever's checkpoint folder (nothing is downloaded)")
+    p.add_argument("--token-pooling", type=int, metavar="F",
+                   help="pool each page's ColQwen2 vectors by this factor (3 keeps a third; default: keep all)")
+    p.add_argument("--pooling", choices=("wmean", "last", "mean"),
+                   help="how the vlm retriever pools a page (default wmean, VisRAG-Ret's)")
 
     p = sub.add_parser("search", help="find the pages that best match a query")
     p.add_argument("query")

@@ -16,9 +16,11 @@ from pagelens.tools.corpus.store import PageStore
 
 
 @contextmanager
-def open_store(args: argparse.Namespace, *, rebuild: bool = False, **flags: object) -> Iterator[PageStore]:
+def open_store(args: argparse.Namespace, *, rebuild: bool = False, choose_retriever: bool = False,
+               **flags: object) -> Iterator[PageStore]:
     settings = load_settings(home=args.home, **flags)
-    with PageStore(settings.store, settings.retrieval, rebuild=rebuild, holder=f"pagelens {args.command}") as store:
+    with PageStore(settings.store, settings.retrieval, rebuild=rebuild, holder=f"pagelens {args.command}",
+                   choose_retriever=choose_retriever) as store:
         yield store
 
 
@@ -30,7 +32,12 @@ def note(args: argparse.Namespace, text: str) -> None:
 def index(args: argparse.Namespace) -> int:
     from pagelens.tools.corpus.ingest import index_paths
 
-    with open_store(args, rebuild=args.rebuild, pdf_password=args.password, max_pages=args.max_pages) as store:
+    if args.retriever is None and (args.model or args.token_pooling is not None or args.pooling):
+        raise BadInputError("--model, --token-pooling and --pooling set up a vision retriever; add --retriever "
+                            "(colqwen, vlm, text+colqwen or text+vlm).")
+    with open_store(args, rebuild=args.rebuild, pdf_password=args.password, max_pages=args.max_pages,
+                    choose_retriever=args.retriever is not None, retriever=args.retriever, vision_model=args.model,
+                    token_pooling=args.token_pooling, vision_pooling=args.pooling) as store:
         report = index_paths(store, args.paths, dpi=args.dpi, progress=not args.quiet)
     print(report.summary())
     return EXIT_FAILED_FILES if report.failures else 0

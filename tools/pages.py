@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -158,6 +158,8 @@ class Hit:
     similarity: float = 0.0
     relevance: float | None = None
     """The probability that the page supports an answer (tools/retrieval/relevance.py); None when not judged."""
+    routes: dict[str, dict] = field(default_factory=dict)
+    """Where each retrieval route that found the page ranked it: {route: {"rank", "score"}}."""
 
     def to_dict(self) -> dict:
         return {
@@ -166,6 +168,7 @@ class Hit:
             "page_number": self.page.page_number,
             "score": round(self.score, 6),
             "relevance": None if self.relevance is None else round(self.relevance, 4),
+            "routes": self.routes,
             "snippet": self.snippet,
             "image_path": str(self.page.image_path),
         }

@@ -238,10 +238,10 @@ def test_wrong_checkpoints_are_one_sentence_naming_the_path_and_the_fix(tmp_path
     with pytest.raises(BadInputError, match="does not exist"):
         VLMEmbedder(missing)
 
-    with pytest.raises(BadInputError, match="is a qwen2_5_vl checkpoint, not ColQwen2.*use VLMEmbedder") as info:
+    with pytest.raises(BadInputError, match="is a qwen2_5_vl checkpoint, not ColQwen2.*use the vlm retriever") as info:
         ColQwen2Embedder(policy)
     assert str(policy) in str(info.value) and str(info.value).endswith(".") and ". " not in str(info.value)
-    with pytest.raises(BadInputError, match="is a colqwen2 checkpoint, not Qwen2-VL.*use ColQwen2Embedder"):
+    with pytest.raises(BadInputError, match="is a colqwen2 checkpoint, not Qwen2-VL.*use the colqwen retriever"):
         VLMEmbedder(colqwen["qwen2.5-vl"])
 
     text_model = tmp_path / "minilm"

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -39,6 +39,10 @@ from pagelens.tools.retrieval.embedders import TextEmbedder, make_embedder
 from pagelens.tools.retrieval.lexical import AVG_PAGE_TERMS, passage_vector
 from pagelens.tools.retrieval.passages import in_view, split_passages
 from pagelens.tools.retrieval.vectors import VectorRow, page_row_pk
+from pagelens.tools.retrieval.vision import pool_tokens
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 WRITE_BATCH = 256
 T = TypeVar("T")
@@ -68,6 +72,8 @@ class _PageWork:
     height: int
     text_source: str
     lines: list[TextLine]
+    image: Image.Image | None = None
+    """The page image, kept for a vision retriever to embed (None without one)."""
 
 
 @dataclass
@@ -223,6 +229,8 @@ def _commit(store: PageStore, job: _Job, dpi: int) -> None:
     if job.unwritten:
         store.vectors.insert(job.unwritten, job.version)
     store.vectors.flush()
+    if store.page_vectors is not None:
+        store.page_vectors.flush()
     job.replaced = store.catalog.commit_document(
         document_id=job.document_id, name=job.name, kind=job.source.kind, dpi=dpi, size=job.size,
         source=str(job.source.path), pages=job.pages, passages=job.passages, version=job.version,
@@ -264,7 +272,8 @@ def _produce_pages(store: PageStore, job: _Job, dpi: int, password: str | None, 
         if visible_char_count(lines) < MIN_TEXT_LAYER_CHARS:
             lines = ocr.lines(image)
             text_source = "ocr" if lines else "none"
-        yield _PageWork(number, image.width, image.height, text_source, lines)
+        yield _PageWork(number, image.width, image.height, text_source, lines,
+                        image if store.page_vectors is not None else None)
 
 
 def _add_page(store: PageStore, job: _Job, work: _PageWork, embedder: TextEmbedder,
@@ -295,6 +304,12 @@ def _add_page(store: PageStore, job: _Job, work: _PageWork, embedder: TextEmbedd
     if len(job.unwritten) >= WRITE_BATCH:
         store.vectors.insert(job.unwritten, job.version)
         job.unwritten = []
+    if work.image is not None and store.page_vectors is not None:
+        # The page image's own vectors (a page with no text at all is found by these alone).
+        vectors = store.page_embedder().embed_pages([work.image])[0]
+        if store.retrieval.token_pooling:
+            vectors = pool_tokens(vectors, store.retrieval.token_pooling)
+        store.page_vectors.insert_page(page_id, job.document_id, job.version, vectors)
 
 
 def _token_counter(embedder: TextEmbedder) -> Callable[[list[str]], list[int]]:

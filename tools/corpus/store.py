@@ -20,7 +20,7 @@ import shutil
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pagelens import __version__
@@ -31,7 +31,9 @@ from pagelens.tools.imagefiles import PAGE_SUFFIX
 from pagelens.tools.pages import Document, Page, TextLine
 from pagelens.tools.retrieval.cache import MemoryIndex
 from pagelens.tools.retrieval.settings import RetrievalSettings
+from pagelens.tools.retrieval.multivector import MultiVectorStore
 from pagelens.tools.retrieval.vectors import VectorStore
+from pagelens.tools.retrieval.vision import PageImageEmbedder, make_page_embedder
 
 MILVUS_LITE_DIR = "milvus.db"
 """The Milvus Lite data folder inside the store (also what `pagelens serve milvus` serves)."""
@@ -100,10 +102,14 @@ class PageStore:
     """An open store. Use as a context manager, or call close()."""
 
     def __init__(self, settings: StoreSettings, retrieval: RetrievalSettings | None = None, *, rebuild: bool = False,
-                 holder: str = "pagelens"):
-        """`holder` names what opened the store (a command such as "pagelens index") for a refused second process."""
+                 holder: str = "pagelens", choose_retriever: bool = False):
+        """`holder` names what opened the store (a command such as "pagelens index") for a refused second process.
+        A store keeps the retriever it was built with (its manifest's): `choose_retriever` (`index --retriever`)
+        asks for `retrieval.retriever` instead, and a store built with another is refused."""
         self.settings = settings
         self.retrieval = retrieval or RetrievalSettings()
+        self._choose_retriever = choose_retriever
+        self._page_embedder: PageImageEmbedder | None = None
         self.home = settings.home.resolve()
         self.home.mkdir(parents=True, exist_ok=True)
         self._lock_file = hold_lock(self.home, holder) if settings.uses_milvus_lite else None
@@ -116,8 +122,11 @@ class PageStore:
                     self._wipe()
                 self._check_manifest()
                 self.catalog = Catalog(self.home / "catalog.sqlite")
-                self.vectors = VectorStore(settings.milvus_uri or str(self.home / MILVUS_LITE_DIR), self._dim(),
-                                           recreate=rebuild)
+                uri = settings.milvus_uri or str(self.home / MILVUS_LITE_DIR)
+                self.vectors = VectorStore(uri, self._dim(), recreate=rebuild)
+                # The page images' vectors, for a vision retriever (tools/retrieval/multivector.py).
+                self.page_vectors = (MultiVectorStore(uri, self.page_embedder().dim, recreate=rebuild)
+                                     if self.retrieval.vision else None)
             self._cache: MemoryIndex | None = None
             # The agent API searches from worker threads: one rebuilds a stale cache while the others wait.
             self._cache_lock = threading.Lock()
@@ -140,6 +149,14 @@ class PageStore:
         expected = self._expected_manifest()
         if path.exists():
             found = json.loads(path.read_text())
+            found.setdefault("retriever", "text")  # a store from before vision retrievers
+            if not self._choose_retriever:
+                vision = found.get("vision") or {}
+                self.retrieval = replace(self.retrieval, retriever=found["retriever"],
+                                         vision_model=vision.get("model") or "",
+                                         vision_pooling=vision.get("pooling") or "wmean",
+                                         token_pooling=vision.get("token_pooling") or 0)
+                expected = self._expected_manifest()
             diffs = [f"{k} {found.get(k)!r} (now {v!r})" for k, v in expected.items() if found.get(k) != v]
             if diffs:
                 raise StoreError(
@@ -147,6 +164,8 @@ class PageStore:
                     f"run `pagelens index --rebuild PATH...` to rebuild it with the current ones."
                 )
             return
+        if self.retrieval.vision:
+            self.page_embedder()  # a checkpoint of the wrong kind is refused before the store records it
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**expected, "pagelens": __version__}, indent=2))
         os.replace(tmp, path)
@@ -157,6 +176,12 @@ class PageStore:
         # Milvus's collection is dropped through its client (a Lite server may still hold the folder open).
         for name in ("pages", "thumbs", "cache", "cache.tmp", "cache.old"):
             shutil.rmtree(self.home / name, ignore_errors=True)
+
+    def page_embedder(self) -> PageImageEmbedder:
+        """The vision retriever's embedder (loaded on first use); only for a store with a vision retriever."""
+        if self._page_embedder is None:
+            self._page_embedder = make_page_embedder(self.retrieval)
+        return self._page_embedder
 
     def _dim(self) -> int:
         from pagelens.tools.retrieval.embedders import make_embedder
@@ -193,6 +218,8 @@ class PageStore:
             self.catalog.forget_owner(self._owner.key)
         self.catalog.close()
         self.vectors.close()
+        if self.page_vectors is not None:
+            self.page_vectors.close()
         self._release()
 
     def __enter__(self) -> PageStore:
@@ -267,6 +294,9 @@ class PageStore:
         """Delete a version's vectors and images, then forget it (a crash in between leaves it pending)."""
         self.vectors.delete_version(document_id, version)
         self.vectors.flush()
+        if self.page_vectors is not None:
+            self.page_vectors.delete_version(document_id, version)
+            self.page_vectors.flush()
         for kind in ("pages", "thumbs"):
             shutil.rmtree(self.home / kind / self.folder_name(document_id, version), ignore_errors=True)
         self.catalog.end_version(version)

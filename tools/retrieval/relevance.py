@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
 
 # L2 penalty of the fit: calibration sets are small (tens of questions), so keep the weights modest.
 RIDGE = 0.001
@@ -70,6 +69,8 @@ class RelevanceModel:
     @classmethod
     def fit(cls, evidence: Sequence[PageEvidence], labels: Sequence[bool], threshold: float = 0.5) -> RelevanceModel:
         """Platt scaling by L2-penalised logistic regression; both labels must occur."""
+        from scipy.optimize import minimize
+
         if len(set(labels)) < 2:
             raise ValueError("calibration needs pages that support an answer and pages that do not.")
         x = np.asarray([e.features() for e in evidence], dtype=np.float64)  # (n, 3)

@@ -66,9 +66,13 @@ class Retriever:
         similarity = {page_id: hit.score for page_id, hit in rankings.get("dense", [])}
         evidence = self.page_evidence(query, ranked, similarity)
         model = self.store.retrieval.relevance
+        placed = {route: {page_id: {"rank": rank, "score": round(hit.score, 6)}
+                          for rank, (page_id, hit) in enumerate(ranking, start=1)}
+                  for route, ranking in rankings.items()}
         return [
             Hit(pages[p], fused[p], snippet(passages[best[p]].text if best.get(p) in passages else "", query),
-                similarity.get(p, 0.0), model.probability(evidence[p]))
+                similarity.get(p, 0.0), model.probability(evidence[p]),
+                {route: found[p] for route, found in placed.items() if p in found})
             for p in ranked
             if p in pages
         ]
@@ -112,12 +116,28 @@ class Retriever:
             "page-bm25": lambda: (backend.search_sparse(sparse, settings.candidates, document_ids, level="page")
                                   if sparse else []),
             "page-dense": lambda: backend.search_dense(dense, settings.candidates, document_ids, level="page"),
+            "vision": lambda: self._vision(query, document_ids),
         }
         unknown = set(wanted) - set(search)
         if unknown:
             raise BadInputError(f"unknown retrieval route(s) {', '.join(sorted(unknown))}; "
                                 f"the routes are {', '.join(search)}.")
         return {route: _best_per_page(search[route]()) for route in wanted}
+
+
+    def _vision(self, query: str, document_ids: list[str] | None) -> list[VectorHit]:
+        """The vision route: pages by normalised MaxSim (one vector a page: the dot product) of the query's and the
+        page image's vectors, committed versions only (a page being re-indexed has two)."""
+        store = self.store
+        if store.page_vectors is None:
+            return []
+        query_vectors = store.page_embedder().embed_query(query)
+        settings = store.retrieval
+        scores = store.page_vectors.search(query_vectors, settings.candidates, document_ids,
+                                           candidates=settings.vision_candidates)
+        committed = {row.page_id: row.version for row in store.catalog.pages([s.page_id for s in scores])}
+        return [VectorHit(f"{s.page_id}:{s.version}", s.page_id, s.score) for s in scores
+                if committed.get(s.page_id) == s.version]
 
 
 def _best_per_page(hits: list[VectorHit]) -> list[tuple[str, VectorHit]]:

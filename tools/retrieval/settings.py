@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pagelens.errors import BadInputError
 from pagelens.tools.retrieval.relevance import RelevanceModel
+
+
+RETRIEVERS = ("text", "colqwen", "vlm", "text+colqwen", "text+vlm")
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,19 @@ class RetrievalSettings:
     """Fusion weight of BM25 over each page's whole text."""
     page_dense_weight: float = 0.0
     """Fusion weight of the page-level dense route: the mean direction of a page's passages."""
+    retriever: str = "text"
+    """What pages are found by: "text" (the routes above), "colqwen" or "vlm" (the page image: ColQwen2 multi-vector
+    or a Qwen2-VL single vector), or "text+colqwen" / "text+vlm" (both, fused). Recorded in the manifest."""
+    vision_model: str = ""
+    """The vision retriever's checkpoint folder (`index --model`); recorded in the manifest."""
+    vision_pooling: str = "wmean"
+    """How the "vlm" retriever pools a page into one vector: "wmean" (VisRAG-Ret), "last" (DSE) or "mean"."""
+    token_pooling: int = 0
+    """Hierarchical token pooling factor for the "colqwen" retriever's page vectors (SPEC §6: 3); 0 keeps them all."""
+    vision_weight: float = 1.0
+    """Fusion weight of the vision route."""
+    vision_candidates: int = 16
+    """Pages each query vector nominates (from an ANN search of the page vectors) for exact MaxSim."""
     relevance_weights: tuple[float, float, float] = (3.1453, 2.1534, 0.8379)
     """The relevance model's weights of page coverage, passage coverage and similarity (tools/retrieval/relevance.py;
     fitted by benchmarks/relevance.py)."""
@@ -54,9 +71,20 @@ class RetrievalSettings:
             raise BadInputError(f"passage_tokens={self.passage_tokens} is out of range; use 16 to 256.")
         if self.candidates < 1:
             raise BadInputError(f"candidates={self.candidates} must be at least 1.")
-        if min(self.route_weights.values()) < 0 or max(self.route_weights.values()) <= 0:
+        weights = (self.dense_weight, self.bm25_weight, self.page_bm25_weight, self.page_dense_weight)
+        if min(weights) < 0 or max(weights) <= 0 or self.vision_weight < 0:
             raise BadInputError("route weights (dense_weight, bm25_weight, page_bm25_weight, page_dense_weight) "
                                 "must be at least 0, and one above 0.")
+        if self.retriever not in RETRIEVERS:
+            raise BadInputError(f"retriever {self.retriever!r} is not one of {', '.join(RETRIEVERS)}.")
+        if self.vision and not self.vision_model:
+            raise BadInputError(f"the {self.retriever} retriever needs a checkpoint; give `--model PATH` (a local "
+                                f"folder: nothing is downloaded).")
+        if self.vision_pooling not in ("wmean", "last", "mean"):
+            raise BadInputError(f"vision_pooling {self.vision_pooling!r} is not one of wmean, last, mean.")
+        if self.token_pooling < 0 or self.token_pooling == 1:
+            raise BadInputError(f"token_pooling={self.token_pooling} is not a pooling factor; give 2 or more (3 is "
+                                f"SPEC §6's), or 0 to keep every page vector.")
         if self.memory_index not in ("auto", "on", "off"):
             raise BadInputError(f"memory_index={self.memory_index!r} is not one of auto, on, off.")
 
@@ -65,11 +93,25 @@ class RetrievalSettings:
         return RelevanceModel(self.relevance_weights, self.relevance_bias, self.relevance_threshold)
 
     @property
+    def vision(self) -> str | None:
+        """The vision retriever in use ("colqwen" or "vlm"), or None."""
+        return self.retriever.rpartition("+")[2] if self.retriever != "text" else None
+
+    @property
     def route_weights(self) -> dict[str, float]:
-        return {"dense": self.dense_weight, "bm25": self.bm25_weight, "page-bm25": self.page_bm25_weight,
-                "page-dense": self.page_dense_weight}
+        text = self.retriever == "text" or self.retriever.startswith("text+")
+        weights = {"dense": self.dense_weight, "bm25": self.bm25_weight, "page-bm25": self.page_bm25_weight,
+                   "page-dense": self.page_dense_weight}
+        return {**{route: w if text else 0.0 for route, w in weights.items()},
+                "vision": self.vision_weight if self.vision else 0.0}
 
     def manifest(self) -> dict:
         """What a store built with these settings must keep: vectors made otherwise are not comparable."""
         # v2: passages and pages indexed with their document's name, and a row per page.
-        return {"embedders": [self.embedder, "bm25-blake2-v2"], "chunking": {"passage_tokens": self.passage_tokens}}
+        manifest = {"embedders": [self.embedder, "bm25-blake2-v2"], "chunking": {"passage_tokens": self.passage_tokens},
+                    "retriever": self.retriever}
+        if self.vision:
+            manifest["vision"] = {"model": str(Path(self.vision_model).expanduser().resolve()),
+                                  "pooling": self.vision_pooling if self.vision == "vlm" else None,
+                                  "token_pooling": self.token_pooling if self.vision == "colqwen" else 0}
+        return manifest

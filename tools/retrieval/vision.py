@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from pagelens.tools.retrieval.settings import RetrievalSettings
+
 # ColQwen2's page budget in colpali-engine: 768 visual tokens of 28×28 pixels (after the 2×2 merge).
 DEFAULT_MAX_PIXELS = 768 * 28 * 28
 VISRAG_QUERY_PREFIX = "Represent this query for retrieving relevant documents: "  # SPEC §6
@@ -148,7 +150,7 @@ class ColQwen2Embedder:
         config = _checkpoint_config(self.path, "ColQwen2", {"colqwen2"},
                                     "give a ColQwen2 checkpoint folder in transformers' format (such as "
                                     "vidore/colqwen2-v1.0-hf, or one written by `pagelens tiny-model colqwen2 OUT`)"
-                                    "; for a Qwen2-VL or Qwen2.5-VL backbone use VLMEmbedder")
+                                    "; for a Qwen2-VL or Qwen2.5-VL backbone use the vlm retriever")
         self.dim = int(config.get("embedding_dim", 128))
         self.name = f"colqwen2:{self.path.name}"
         self._run = _Runner(device, batch_size, max_pixels, batch_pixels)
@@ -217,7 +219,7 @@ class VLMEmbedder:
         config = _checkpoint_config(self.path, "Qwen2-VL", {"qwen2_vl", "qwen2_5_vl"},
                                     "give a Qwen2-VL or Qwen2.5-VL checkpoint folder (such as a DSE checkpoint, or "
                                     "one written by `pagelens tiny-model qwen2.5-vl OUT`); for a ColQwen2 "
-                                    "checkpoint use ColQwen2Embedder")
+                                    "checkpoint use the colqwen retriever")
         width = (config.get("text_config") or {}).get("hidden_size") or config.get("hidden_size")
         if not width:
             raise BadInputError(f"{self.path / 'config.json'} names no hidden_size; give a complete Qwen2-VL or "
@@ -373,3 +375,13 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
+
+
+def make_page_embedder(settings: RetrievalSettings) -> PageImageEmbedder:
+    """The embedder of the settings' vision retriever ("colqwen" or "vlm"), loaded on first use."""
+    if settings.vision == "colqwen":
+        return ColQwen2Embedder(settings.vision_model)
+    if settings.vision == "vlm":
+        return VLMEmbedder(settings.vision_model, pooling=settings.vision_pooling)  # type: ignore[arg-type]
+    raise BadInputError(f"the {settings.retriever} retriever does not look at page images; index with "
+                        f"`--retriever text+colqwen --model PATH` (or colqwen, vlm, text+vlm) for one that does.")
