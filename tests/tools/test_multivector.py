@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pagelens.tools.retrieval import multivector
-from pagelens.tools.retrieval.multivector import MultiVectorStore, maxsim
+from pagelens.tools.retrieval.multivector import MultiVectorStore, normalised_maxsim
 from pagelens.tools.retrieval.multivector_memory import MultiVectorIndex, brute_force
 
 DIM = 32
@@ -106,7 +106,7 @@ def test_store_maxsim_equals_brute_force_over_all_of_a_long_page(filled):
     assert {h.page_id: h.score for h in hits} == pytest.approx(truth, abs=1e-5)
     long = pages[LONG_PAGE][1]
     assert hits[0].page_id == LONG_PAGE and hits[0].version == "v1"
-    assert hits[0].score > maxsim(query, long[:1000]) + 0.05  # its last 100 vectors count
+    assert hits[0].score > normalised_maxsim(query, long[:1000]) + 0.05  # its last 100 vectors count
     (page_id, version, vectors), = store.page_vectors([LONG_PAGE])
     np.testing.assert_allclose(vectors, long, atol=1e-6)  # all 1100, in patch order
 
@@ -196,7 +196,7 @@ def test_memory_prefilter_keeps_recall_and_applies_filters():
     assert "p23" in {h.page_id for h in index.search(query, 400, ["d3"], rerank=1, extra_page_ids=["p23"])}
 
 
-def test_memory_update_equals_a_rebuild():
+def test_memory_update_equals_a_rebuild(tmp_path):
     rng = np.random.default_rng(6)
     pages = {f"{d}-{i}": (d, unit(rng.standard_normal((int(rng.integers(10, 80)), DIM))))
              for d in "abc" for i in range(5)}
@@ -205,7 +205,11 @@ def test_memory_update_equals_a_rebuild():
     pages = {p: dv for p, dv in pages.items() if dv[0] != "c"}  # c removed
     pages.update({f"b-{i}": ("b", unit(rng.standard_normal((40, DIM)))) for i in range(3)})  # b re-indexed
     pages = {p: dv for p, dv in pages.items() if not (dv[0] == "b" and int(p[2:]) >= 3)}
-    updated = old.update({"b", "c"}, rows({p: dv for p, dv in pages.items() if dv[0] == "b"}))
+    updated = old.update(7, {"b", "c"}, rows({p: dv for p, dv in pages.items() if dv[0] == "b"}))
+    assert updated.generation == 7
+    updated.save(tmp_path / "copy")
+    updated = MultiVectorIndex.load(tmp_path / "copy")  # what a later process reads back
+    assert updated.generation == 7 and isinstance(updated.vectors, np.memmap)
     rebuilt = MultiVectorIndex.build(rows(pages), DIM, prefilter=True, summaries=6)
     query = unit(rng.standard_normal((7, DIM)))
     assert sorted(updated.page_ids) == sorted(rebuilt.page_ids)
@@ -213,3 +217,14 @@ def test_memory_update_equals_a_rebuild():
     np.testing.assert_allclose(updated.exact_scores(query)[order_u], rebuilt.exact_scores(query)[order_r], atol=1e-6)
     np.testing.assert_allclose(updated.approximate_scores(query)[order_u], rebuilt.approximate_scores(query)[order_r],
                                atol=1e-6)
+    hits = updated.search(query, 5)
+    assert [(h.page_id, h.score) for h in hits] == [(h.page_id, pytest.approx(h.score, abs=1e-6))
+                                                   for h in rebuilt.search(query, 5)]
+
+
+def test_a_missing_or_cut_short_saved_copy_loads_as_none(tmp_path):
+    assert MultiVectorIndex.load(tmp_path / "none") is None
+    index = MultiVectorIndex.build([("p", "d", "v1", unit(np.ones((3, DIM))))], DIM, generation=2)
+    index.save(tmp_path / "copy")
+    (tmp_path / "copy" / "pages.npz").unlink()
+    assert MultiVectorIndex.load(tmp_path / "copy") is None

@@ -9,14 +9,13 @@ import pytest
 from PIL import Image
 
 from pagelens.errors import BadInputError
+from pagelens.tools.retrieval.multivector import maxsim, normalised_maxsim
 from pagelens.tools.retrieval.vision import (
     VISRAG_QUERY_PREFIX,
     ColQwen2Embedder,
     VLMEmbedder,
     last_token,
-    maxsim,
     mean_tokens,
-    normalised_maxsim,
     pixel_batches,
     pool_tokens,
     weighted_mean,

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 from pagelens.servers.tiny_model import build_tiny_colqwen2
 from pagelens.tools.corpus.store import PageStore, StoreSettings
 from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.retrieval.settings import RetrievalSettings
 
 SHAPES = {"red_circle": "red", "blue_square": "blue", "green_triangle": "green"}
 
@@ -42,7 +43,6 @@ def photos(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def vision_home(tmp_path_factory, tiny_colqwen, photos, sample) -> Path:
     from pagelens.tools.corpus.ingest import index_paths
-    from pagelens.tools.retrieval.settings import RetrievalSettings
 
     home = tmp_path_factory.mktemp("vision") / "store"
     retrieval = RetrievalSettings(retriever="text+colqwen", vision_model=str(tiny_colqwen))
@@ -66,8 +66,11 @@ def test_photos_without_text_are_found_by_the_vision_route_alone(cli, vision_hom
 
 
 @pytest.mark.slow
-def test_the_vision_route_scores_exact_maxsim_over_every_page_vector(vision_home):
-    with PageStore(StoreSettings(home=vision_home)) as store:  # the store's own retriever, from its manifest
+@pytest.mark.parametrize("memory_index", ["on", "off"])
+def test_the_vision_route_scores_exact_maxsim_over_every_page_vector(vision_home, memory_index):
+    # "on": the in-memory copy (Milvus Lite's default); "off": Milvus's own search, as on a Milvus server.
+    retrieval = RetrievalSettings(memory_index=memory_index)
+    with PageStore(StoreSettings(home=vision_home), retrieval) as store:  # the retriever comes from the manifest
         assert store.retrieval.retriever == "text+colqwen" and store.page_vectors is not None
         query = "blue square"
         ranking = Retriever(store).route_rankings(query, routes=["vision"])["vision"]
@@ -89,9 +92,13 @@ def test_removing_a_document_removes_its_page_vectors(cli, vision_home, tmp_path
         before = store.page_vectors.count()
         circle = [d.document_id for d in store.documents() if d.name == "red_circle.png"]
         assert store.page_vectors.count(circle) > 0
+        assert circle[0] in store.vision_index().document_ids  # the in-memory copy, saved under the store
     cli("remove", "red_circle.png", home=home)
     with PageStore(StoreSettings(home=home)) as store:
         assert store.page_vectors.count(circle) == 0 and 0 < store.page_vectors.count() < before
+        assert circle[0] not in store.vision_index().document_ids  # caught up from the change log
+    hits = json.loads(cli("search", "a red circle on white", "-k", "6", "--json", home=home).stdout)["hits"]
+    assert "red_circle.png" not in {hit["document"] for hit in hits} and len(hits) == 5
 
 
 @pytest.mark.slow

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
 WRITE_BATCH = 256
+# Page images embedded in one call for a vision retriever: the embedder batches them within its memory bound;
+# this bounds how many rendered pages wait in memory for it.
+PAGE_IMAGE_BATCH = 8
 T = TypeVar("T")
 
 
@@ -91,6 +94,8 @@ class _Job:
     pages: list[NewPage] = field(default_factory=list)
     passages: list[PassageRow] = field(default_factory=list)
     unwritten: list[VectorRow] = field(default_factory=list)
+    unembedded: list[tuple[str, Image.Image]] = field(default_factory=list)
+    """(page_id, image) of pages whose image vectors are still to make, for a vision retriever."""
     error: BaseException | None = None
 
 
@@ -207,6 +212,8 @@ def index_paths(
             _abandon(store, job)
     if report.documents_indexed and store.use_memory_index():
         store.memory_index()
+        if store.page_vectors is not None:
+            store.vision_index()
     return report
 
 
@@ -230,6 +237,7 @@ def _commit(store: PageStore, job: _Job, dpi: int) -> None:
         store.vectors.insert(job.unwritten, job.version)
     store.vectors.flush()
     if store.page_vectors is not None:
+        _embed_page_images(store, job)
         store.page_vectors.flush()
     job.replaced = store.catalog.commit_document(
         document_id=job.document_id, name=job.name, kind=job.source.kind, dpi=dpi, size=job.size,
@@ -305,11 +313,21 @@ def _add_page(store: PageStore, job: _Job, work: _PageWork, embedder: TextEmbedd
         store.vectors.insert(job.unwritten, job.version)
         job.unwritten = []
     if work.image is not None and store.page_vectors is not None:
-        # The page image's own vectors (a page with no text at all is found by these alone).
-        vectors = store.page_embedder().embed_pages([work.image])[0]
-        if store.retrieval.token_pooling:
-            vectors = pool_tokens(vectors, store.retrieval.token_pooling)
-        store.page_vectors.insert_page(page_id, job.document_id, job.version, vectors)
+        job.unembedded.append((page_id, work.image))
+        if len(job.unembedded) >= PAGE_IMAGE_BATCH:
+            _embed_page_images(store, job)
+
+
+def _embed_page_images(store: PageStore, job: _Job) -> None:
+    """The waiting page images' own vectors (a page with no text at all is found by these alone), written."""
+    if not job.unembedded:
+        return
+    page_ids, images = zip(*job.unembedded)
+    vectors = store.page_embedder().embed_pages(list(images))
+    if store.retrieval.token_pooling:
+        vectors = [pool_tokens(v, store.retrieval.token_pooling) for v in vectors]
+    store.page_vectors.insert_pages([(p, job.document_id, v) for p, v in zip(page_ids, vectors)], job.version)
+    job.unembedded = []
 
 
 def _token_counter(embedder: TextEmbedder) -> Callable[[list[str]], list[int]]:

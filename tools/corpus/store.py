@@ -5,7 +5,8 @@ Layout under `home` (PAGELENS_HOME, default ./.pagelens):
     catalog.sqlite     documents, sources, pages (text lines with boxes), passages
     milvus.db/         Milvus Lite (unless a Milvus server URI is given)
     pages/<doc>-<version>/p<N>.jpg, thumbs/<doc>-<version>/p<N>.jpg
-    cache/             the exact search cache (derived; rebuilt when stale)
+    cache/             the passages' search copy (derived; caught up or rebuilt when stale)
+    cache-pages/       the page images' MaxSim copy, for a vision retriever (the same)
     lock               held by the one process that has a Milvus Lite store open: its pid and command name
     opening.lock       held while a process opens the store (processes sharing a Milvus server take turns)
 """
@@ -29,15 +30,19 @@ from pagelens.tools.corpus.catalog import Catalog, PageRow
 from pagelens.tools.corpus.owners import Heartbeat, is_alive, this_process
 from pagelens.tools.imagefiles import PAGE_SUFFIX
 from pagelens.tools.pages import Document, Page, TextLine
-from pagelens.tools.retrieval.cache import MemoryIndex
+from pagelens.tools.retrieval.cache import MemoryIndex, saved_generation
 from pagelens.tools.retrieval.settings import RetrievalSettings
 from pagelens.tools.retrieval.multivector import MultiVectorStore
+from pagelens.tools.retrieval.multivector_memory import MultiVectorIndex
 from pagelens.tools.retrieval.vectors import VectorStore
 from pagelens.tools.retrieval.vision import PageImageEmbedder, make_page_embedder
 
 MILVUS_LITE_DIR = "milvus.db"
 """The Milvus Lite data folder inside the store (also what `pagelens serve milvus` serves)."""
 STORE_FORMAT = 2  # 2: documents written as versions beside the committed one
+# Derived search copies of what Milvus holds, each a folder under the store (with .tmp/.old siblings while saved).
+PASSAGE_COPY = "cache"
+PAGE_VECTOR_COPY = "cache-pages"
 
 
 @dataclass(frozen=True)
@@ -127,8 +132,8 @@ class PageStore:
                 # The page images' vectors, for a vision retriever (tools/retrieval/multivector.py).
                 self.page_vectors = (MultiVectorStore(uri, self.page_embedder().dim, recreate=rebuild)
                                      if self.retrieval.vision else None)
-            self._cache: MemoryIndex | None = None
-            # The agent API searches from worker threads: one rebuilds a stale cache while the others wait.
+            self._caches: dict[str, MemoryIndex | MultiVectorIndex] = {}
+            # The agent API searches from worker threads: one rebuilds a stale copy while the others wait.
             self._cache_lock = threading.Lock()
             self.recover()
         except BaseException:
@@ -174,7 +179,8 @@ class PageStore:
         for name in ("manifest.json", "catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
             (self.home / name).unlink(missing_ok=True)
         # Milvus's collection is dropped through its client (a Lite server may still hold the folder open).
-        for name in ("pages", "thumbs", "cache", "cache.tmp", "cache.old"):
+        copies = [f"{copy}{suffix}" for copy in (PASSAGE_COPY, PAGE_VECTOR_COPY) for suffix in ("", ".tmp", ".old")]
+        for name in ("pages", "thumbs", *copies):
             shutil.rmtree(self.home / name, ignore_errors=True)
 
     def page_embedder(self) -> PageImageEmbedder:
@@ -313,23 +319,46 @@ class PageStore:
         return mode == "on" or (mode == "auto" and self.settings.uses_milvus_lite)
 
     def memory_index(self) -> MemoryIndex:
-        """The exact search cache for the catalogue's current generation: loaded, caught up with the documents
-        changed since it was saved, or rebuilt from every row."""
+        """The passages' search copy for the catalogue's current generation (tools/retrieval/cache.py)."""
+        return self._derived(PASSAGE_COPY)
+
+    def vision_index(self) -> MultiVectorIndex:
+        """The page images' MaxSim copy for the catalogue's current generation (multivector_memory.py); only for a
+        store with a vision retriever."""
+        return self._derived(PAGE_VECTOR_COPY)
+
+    def _derived(self, kind: str):
+        """A derived copy at the catalogue's current generation: kept, loaded, caught up with the documents changed
+        since it was saved, or rebuilt from every row in Milvus."""
         with self._cache_lock:
             generation = self.catalog.generation()
-            cache = self._cache
+            cache = self._caches.get(kind)
             if cache is not None and cache.generation == generation:
                 return cache
-            folder = self.home / "cache"
-            cache = cache or MemoryIndex.load(folder)
+            folder = self.home / kind
+            copy = MemoryIndex if kind == PASSAGE_COPY else MultiVectorIndex
+            cache = cache or copy.load(folder)
             if cache is None or cache.generation != generation:
                 changed = None if cache is None else self.catalog.changed_since(cache.generation)
                 if changed is None:
-                    cache = MemoryIndex.build(generation, self.vectors.rows(), self.vectors.dim)
+                    cache = self._build_copy(kind, generation)
                 else:
                     present = [d for d in sorted(changed) if self.catalog.document(d) is not None]
-                    cache = cache.update(generation, changed, self.vectors.rows(present) if present else [])
+                    rows = self._copy_rows(kind, present) if present else []
+                    cache = cache.update(generation, changed, rows)
                 cache.save(folder)
-                self.catalog.forget_changes(generation)
-            self._cache = cache
+                # The change log is kept back to the oldest copy still to catch up.
+                kinds = [PASSAGE_COPY] + ([PAGE_VECTOR_COPY] if self.page_vectors is not None else [])
+                saved = [saved_generation(self.home / k) for k in kinds]
+                if None not in saved:
+                    self.catalog.forget_changes(min(saved))
+            self._caches[kind] = cache
             return cache
+
+    def _build_copy(self, kind: str, generation: int):
+        if kind == PASSAGE_COPY:
+            return MemoryIndex.build(generation, self.vectors.rows(), self.vectors.dim)
+        return MultiVectorIndex.build(self.page_vectors.pages(), self.page_vectors.dim, generation=generation)
+
+    def _copy_rows(self, kind: str, document_ids: list[str]):
+        return self.vectors.rows(document_ids) if kind == PASSAGE_COPY else self.page_vectors.pages(document_ids)

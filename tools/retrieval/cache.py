@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,28 +77,22 @@ class MemoryIndex:
                    np.ascontiguousarray(rows.dense[order]), lexical[order].tocsc(), term_columns, centroids, offsets)
 
     def save(self, folder: Path) -> None:
-        """Write atomically: a new folder beside the old, swapped in by rename."""
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        np.save(tmp / "dense.npy", self.dense)
-        np.savez(tmp / "rows.npz", pks=self.pks, page_ids=self.page_ids, documents=self.documents,
-                 document_codes=self.document_codes,
-                 term_columns=self.term_columns, centroids=self.centroids, offsets=self.offsets)
-        sp.save_npz(tmp / "lexical.npz", self.lexical, compressed=False)
-        (tmp / "generation.json").write_text(json.dumps({"generation": self.generation}))
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        def write(tmp: Path) -> None:
+            np.save(tmp / "dense.npy", self.dense)
+            np.savez(tmp / "rows.npz", pks=self.pks, page_ids=self.page_ids, documents=self.documents,
+                     document_codes=self.document_codes,
+                     term_columns=self.term_columns, centroids=self.centroids, offsets=self.offsets)
+            sp.save_npz(tmp / "lexical.npz", self.lexical, compressed=False)
+
+        save_atomically(folder, self.generation, write)
 
     @classmethod
     def load(cls, folder: Path) -> MemoryIndex | None:
         """The saved copy, whatever its generation, if it is complete; else None."""
+        generation = saved_generation(folder)
+        if generation is None:
+            return None
         try:
-            generation = json.loads((folder / "generation.json").read_text())["generation"]
             rows = np.load(folder / "rows.npz")
             return cls(generation, rows["pks"], rows["page_ids"], rows["documents"], rows["document_codes"],
                        np.load(folder / "dense.npy", mmap_mode="r"), sp.load_npz(folder / "lexical.npz").tocsc(),
@@ -154,6 +148,30 @@ class MemoryIndex:
         top = top[np.argsort(-scores[top], kind="stable")]
         index = top if rows is None else rows[top]
         return [VectorHit(str(self.pks[r]), str(self.page_ids[r]), float(s)) for r, s in zip(index, scores[top])]
+
+
+def save_atomically(folder: Path, generation: int, write: Callable[[Path], None]) -> None:
+    """Write a derived copy's files (`write` fills a folder) and its generation as a new folder beside the old one,
+    swapped in by rename: a reader finds the old copy or the new one, never half of one."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    (tmp / "generation.json").write_text(json.dumps({"generation": generation}))
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def saved_generation(folder: Path) -> int | None:
+    """The generation a saved copy was stamped with; None when there is none (no copy, or one cut short)."""
+    try:
+        return int(json.loads((folder / "generation.json").read_text())["generation"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
 
 
 @dataclass

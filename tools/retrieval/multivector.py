@@ -19,14 +19,13 @@ Milvus Lite (a folder ending in .db) and a Milvus server (an http:// URI) take t
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from pagelens.errors import BadInputError
-from pagelens.tools.retrieval.vectors import GRPC_OPTIONS, HNSW_BUILD, document_filter
+from pagelens.tools.retrieval.collection import HNSW_BUILD, Collection, document_filter
 
 COLLECTION = "page_vectors"
 INSERT_BATCH = 4096  # rows an insert call carries (a gRPC message stays far below its 64 MB limit)
@@ -46,9 +45,13 @@ class PageScore:
 
 
 def maxsim(query: np.ndarray, page: np.ndarray) -> float:
-    """Normalised MaxSim of one page (SPEC §6): mean over query vectors of the best dot product with the page."""
-    # (m, d) @ (d, n) -> (m, n); max over the page's vectors, mean over the query's.
-    return float((query.astype(np.float32) @ page.astype(np.float32).T).max(axis=1).mean())
+    """Late-interaction score: sum over query vectors of the best dot product with the page's vectors (SPEC §6)."""
+    return float((np.asarray(query, np.float32) @ np.asarray(page, np.float32).T).max(axis=1).sum())  # (m, n) → ()
+
+
+def normalised_maxsim(query: np.ndarray, page: np.ndarray) -> float:
+    """`maxsim` divided by the number of query vectors, so it has a fixed scale for thresholds and fusion (SPEC §6)."""
+    return maxsim(query, page) / len(query)
 
 
 def rank(scores: dict[tuple[str, str], float], k: int) -> list[PageScore]:
@@ -73,25 +76,12 @@ def _quoted(values: Iterable[str]) -> str:
     return ", ".join(f'"{v}"' for v in values)
 
 
-class MultiVectorStore:
+class MultiVectorStore(Collection):
     def __init__(self, uri: str, dim: int, *, recreate: bool = False, collection: str = COLLECTION):
-        from pymilvus import MilvusClient
+        super().__init__(uri, dim, collection, recreate=recreate)
 
-        logging.getLogger("pymilvus").setLevel(logging.ERROR)
-        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
-        self.uri = uri
-        self.dim = dim
-        self.collection = collection
-        # A dedicated channel closes with this store (vectors.py says why GRPC_OPTIONS).
-        self._client = MilvusClient(uri, grpc_options=GRPC_OPTIONS, dedicated=True)
-        if recreate and self._client.has_collection(collection):
-            self._client.drop_collection(collection)
-        if not self._client.has_collection(collection):
-            self._create()
-        self._client.load_collection(collection)
-
-    def _create(self) -> None:
-        from pymilvus import DataType, MilvusException
+    def _schema(self):
+        from pymilvus import DataType
 
         schema = self._client.create_schema(auto_id=False)
         # "<page_id>:<version>:<i>": a page written twice overwrites its rows instead of doubling them.
@@ -104,34 +94,7 @@ class MultiVectorStore:
         index.add_index("vector", index_type="HNSW", metric_type="IP", params=HNSW_BUILD)
         index.add_index("document_id", index_type="INVERTED")
         index.add_index("page_id", index_type="INVERTED")
-        try:
-            self._client.create_collection(self.collection, schema=schema, index_params=index)
-        except MilvusException:
-            # Two processes creating the collection on one server: the second uses the first one's (same schema).
-            if not self._client.has_collection(self.collection):
-                raise
-
-    def close(self) -> None:
-        self._client.close()
-        if self.uses_milvus_lite:
-            # Stop the in-process Milvus Lite server pymilvus keeps for the folder, so the folder is free again.
-            from milvus_lite.server_manager import server_manager_instance
-
-            server_manager_instance.release_server(self.uri)
-
-    def __enter__(self) -> MultiVectorStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def uses_milvus_lite(self) -> bool:
-        return not self.uri.startswith(("http://", "https://", "tcp://", "unix:"))
-
-    def insert_page(self, page_id: str, document_id: str, version: str, vectors: np.ndarray) -> None:
-        """Write one page's (n, dim) vectors (rows L2-normalised by the embedder) under a document version."""
-        self.insert_pages([(page_id, document_id, vectors)], version)
+        return schema, index
 
     def insert_pages(self, pages: Iterable[tuple[str, str, np.ndarray]], version: str) -> int:
         """Write (page_id, document_id, (n, dim) vectors) pages of one version; returns the rows written."""
@@ -154,12 +117,6 @@ class MultiVectorStore:
         if rows:
             self._client.upsert(self.collection, rows)
         return len(rows)
-
-    def delete_version(self, document_id: str, version: str) -> None:
-        self._client.delete(self.collection, filter=f'document_id == "{document_id}" and version == "{version}"')
-
-    def flush(self) -> None:
-        self._client.flush(self.collection)
 
     def count(self, document_ids: list[str] | None = None) -> int:
         res = self._client.query(self.collection, filter=document_filter(document_ids), output_fields=["count(*)"])
@@ -231,6 +188,6 @@ class MultiVectorStore:
         if query.ndim != 2 or query.shape[1] != self.dim:
             raise BadInputError(f"the query has shape {query.shape}; pass an (m, {self.dim}) array, one row per token.")
         pages = self.candidates(query, candidates, document_ids) | set(extra_page_ids)
-        scores = {(page_id, version): maxsim(query, vectors)
+        scores = {(page_id, version): normalised_maxsim(query, vectors)
                   for page_id, version, vectors in self.page_vectors(pages, document_ids)}
         return rank(scores, k)

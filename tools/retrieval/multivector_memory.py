@@ -13,15 +13,21 @@ All page vectors sit in one contiguous matrix, page after page, with page offset
   Recall@10 against exact MaxSim is measured by benchmarks/maxsim.py.
 
 Scores are normalised by the number of query vectors (SPEC §6), as the Milvus store's are.
+
+As cache.py's copy of the passages, this copy is derived from Milvus, saved beside it (`cache-pages/`, vectors
+memory-mapped on open), stamped with the catalogue's generation and caught up document by document
+(`PageStore.vision_index`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
-from pagelens.tools.retrieval.multivector import PageScore, rank
+from pagelens.tools.retrieval.cache import save_atomically, saved_generation
+from pagelens.tools.retrieval.multivector import PageScore, normalised_maxsim, rank
 
 PREFILTER_MIN_PAGES = 1_000  # below, an exact scan costs under ~70 ms a query (71 ms at 1k ColQwen2 pages)
 CHUNK_ROWS = 131_072  # rows of one product in a scan: its (m, rows) float32 scores stay ~10 MB at m = 20
@@ -36,7 +42,9 @@ RERANK_MIN = 64
 
 class MultiVectorIndex:
     def __init__(self, page_ids: np.ndarray, versions: np.ndarray, document_ids: np.ndarray, offsets: np.ndarray,
-                 vectors: np.ndarray, summaries: np.ndarray, summary_offsets: np.ndarray, per_page: int = SUMMARIES):
+                 vectors: np.ndarray, summaries: np.ndarray, summary_offsets: np.ndarray, per_page: int = SUMMARIES,
+                 generation: int = 0):
+        self.generation = generation      # the catalogue generation this copy holds
         self.page_ids = page_ids          # (P,) str
         self.versions = versions          # (P,) str
         self.document_ids = document_ids  # (P,) str
@@ -48,7 +56,7 @@ class MultiVectorIndex:
 
     @classmethod
     def build(cls, pages: Iterable[tuple[str, str, str, np.ndarray]], dim: int, *, dtype: type = np.float32,
-              prefilter: bool | None = None, summaries: int = SUMMARIES) -> MultiVectorIndex:
+              prefilter: bool | None = None, summaries: int = SUMMARIES, generation: int = 0) -> MultiVectorIndex:
         """From (page_id, document_id, version, (n, dim) vectors) pages, e.g. MultiVectorStore.pages().
         `prefilter` None summarises pages from PREFILTER_MIN_PAGES pages on."""
         ids, docs, versions, arrays = [], [], [], []
@@ -62,12 +70,12 @@ class MultiVectorIndex:
         del arrays
         return cls.from_arrays(np.asarray(ids, str), np.asarray(docs, str), np.asarray(versions, str),
                                np.concatenate([[0], np.cumsum(counts)]), matrix, prefilter=prefilter,
-                               summaries=summaries)
+                               summaries=summaries, generation=generation)
 
     @classmethod
     def from_arrays(cls, page_ids: np.ndarray, document_ids: np.ndarray, versions: np.ndarray, offsets: np.ndarray,
-                    vectors: np.ndarray, *, prefilter: bool | None = None, summaries: int = SUMMARIES
-                    ) -> MultiVectorIndex:
+                    vectors: np.ndarray, *, prefilter: bool | None = None, summaries: int = SUMMARIES,
+                    generation: int = 0) -> MultiVectorIndex:
         """From page-ordered rows in one matrix (kept, not copied): page i is vectors[offsets[i]:offsets[i + 1]]."""
         offsets = np.asarray(offsets, np.int64)
         if prefilter is None:
@@ -76,11 +84,13 @@ class MultiVectorIndex:
             summary, summary_offsets = summarise(vectors, offsets, summaries)
         else:
             summary, summary_offsets = np.zeros((0, vectors.shape[1]), np.float32), np.zeros(0, np.int64)
-        return cls(page_ids, versions, document_ids, offsets, vectors, summary, summary_offsets, summaries)
+        return cls(page_ids, versions, document_ids, offsets, vectors, summary, summary_offsets, summaries, generation)
 
-    def update(self, changed: set[str], pages: Iterable[tuple[str, str, str, np.ndarray]]) -> MultiVectorIndex:
-        """This index with the pages of the `changed` documents replaced by `pages` (their pages now, if any). Kept
-        pages keep their summaries (each is its own page's), so only the new pages are summarised."""
+    def update(self, generation: int, changed: set[str], pages: Iterable[tuple[str, str, str, np.ndarray]]
+               ) -> MultiVectorIndex:
+        """This index at `generation`, with the pages of the `changed` documents replaced by `pages` (their pages
+        now, if any). Kept pages keep their summaries (each is its own page's), so only the new pages are
+        summarised."""
         kept = np.flatnonzero(~np.isin(self.document_ids, np.asarray(sorted(changed), str)))
         new = MultiVectorIndex.build(pages, self.vectors.shape[1], dtype=self.vectors.dtype,
                                      prefilter=len(self.summary_offsets) > 0, summaries=self.per_page)
@@ -99,7 +109,31 @@ class MultiVectorIndex:
                                 np.concatenate([self.versions[kept], new.versions]),
                                 np.concatenate([self.document_ids[kept], new.document_ids]),
                                 np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), vectors, summaries,
-                                summary_offsets, self.per_page)
+                                summary_offsets, self.per_page, generation)
+
+    def save(self, folder: Path) -> None:
+        def write(tmp: Path) -> None:
+            np.save(tmp / "vectors.npy", self.vectors)
+            np.save(tmp / "summaries.npy", self.summaries)
+            np.savez(tmp / "pages.npz", page_ids=self.page_ids, versions=self.versions,
+                     document_ids=self.document_ids, offsets=self.offsets, summary_offsets=self.summary_offsets,
+                     per_page=np.asarray(self.per_page))
+
+        save_atomically(folder, self.generation, write)
+
+    @classmethod
+    def load(cls, folder: Path) -> MultiVectorIndex | None:
+        """The saved copy, whatever its generation, if it is complete; else None."""
+        generation = saved_generation(folder)
+        if generation is None:
+            return None
+        try:
+            pages = np.load(folder / "pages.npz")
+            return cls(pages["page_ids"], pages["versions"], pages["document_ids"], pages["offsets"],
+                       np.load(folder / "vectors.npy", mmap_mode="r"), np.load(folder / "summaries.npy"),
+                       pages["summary_offsets"], int(pages["per_page"]), generation)
+        except (OSError, KeyError, ValueError):
+            return None
 
     @property
     def n_pages(self) -> int:
@@ -161,8 +195,7 @@ class MultiVectorIndex:
 
 def brute_force(query: np.ndarray, pages: list[np.ndarray]) -> np.ndarray:
     """Reference normalised MaxSim of each page, one plain product per page (what tests and benchmarks trust)."""
-    query = np.asarray(query, np.float32)
-    return np.asarray([(query @ np.asarray(p, np.float32).T).max(axis=1).mean() if len(p) else 0.0 for p in pages])
+    return np.asarray([normalised_maxsim(query, p) if len(p) else 0.0 for p in pages])
 
 
 def summarise(vectors: np.ndarray, offsets: np.ndarray, k: int = SUMMARIES) -> tuple[np.ndarray, np.ndarray]:

@@ -133,8 +133,11 @@ class Retriever:
             return []
         query_vectors = store.page_embedder().embed_query(query)
         settings = store.retrieval
-        scores = store.page_vectors.search(query_vectors, settings.candidates, document_ids,
-                                           candidates=settings.vision_candidates)
+        if store.use_memory_index():
+            scores = store.vision_index().search(query_vectors, settings.candidates, document_ids)
+        else:
+            scores = store.page_vectors.search(query_vectors, settings.candidates, document_ids,
+                                               candidates=settings.vision_candidates)
         committed = {row.page_id: row.version for row in store.catalog.pages([s.page_id for s in scores])}
         return [VectorHit(f"{s.page_id}:{s.version}", s.page_id, s.score) for s in scores
                 if committed.get(s.page_id) == s.version]

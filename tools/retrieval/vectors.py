@@ -11,20 +11,15 @@ recall@10 above 0.99 at `ef` >= 64 (measured by benchmarks/search.py).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from pagelens.tools.retrieval.collection import HNSW_BUILD, Collection, document_filter
+
 COLLECTION = "passages"
-HNSW_BUILD = {"M": 16, "efConstruction": 200}
-# pymilvus pings its channel every 10 s, calls open or not. A gRPC server on its default policy (Milvus Lite's, in
-# this process or as `milvus-lite server`) accepts a ping at most every 5 minutes and none on an idle connection; it
-# counts each early ping as a strike and at the third sends GOAWAY "too_many_pings", failing the calls in flight.
-# Ping no more often than that policy allows (Milvus itself allows every 5 s, so this suits it too).
-GRPC_OPTIONS = {"grpc.keepalive_time_ms": 360_000, "grpc.keepalive_permit_without_calls": 0}
 
 
 PAGE_ROW_PREFIX = "page:"
@@ -55,14 +50,6 @@ class VectorHit:
     score: float
 
 
-def document_filter(document_ids: list[str] | None) -> str:
-    """A Milvus boolean expression restricting a search to these documents ('' for all)."""
-    if document_ids is None:
-        return ""
-    quoted = ", ".join(f'"{d}"' for d in document_ids)  # ids are hex digests: nothing to escape
-    return f"document_id in [{quoted}]"
-
-
 def search_filter(level: Level, document_ids: list[str] | None) -> str:
     """A Milvus boolean expression for one level's rows of these documents."""
     pages = f'pk like "{PAGE_ROW_PREFIX}%"'
@@ -71,27 +58,12 @@ def search_filter(level: Level, document_ids: list[str] | None) -> str:
     return f"{expression} and {documents}" if documents else expression
 
 
-class VectorStore:
+class VectorStore(Collection):
     def __init__(self, uri: str, dim: int, *, recreate: bool = False):
-        from pymilvus import MilvusClient
+        super().__init__(uri, dim, COLLECTION, recreate=recreate)
 
-        # pymilvus (on import) and Milvus Lite's in-process gRPC server log routine chatter, such as the
-        # iterator's "failed to get mvccTs" fallback, that a command-line user should not see.
-        logging.getLogger("pymilvus").setLevel(logging.ERROR)
-        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
-
-        self.uri = uri
-        self.dim = dim
-        # A dedicated channel closes with this store; a shared one would outlive it, keyed by the URI.
-        self._client = MilvusClient(uri, grpc_options=GRPC_OPTIONS, dedicated=True)
-        if recreate and self._client.has_collection(COLLECTION):
-            self._client.drop_collection(COLLECTION)
-        if not self._client.has_collection(COLLECTION):
-            self._create()
-        self._client.load_collection(COLLECTION)
-
-    def _create(self) -> None:
-        from pymilvus import DataType, MilvusException
+    def _schema(self):
+        from pymilvus import DataType
 
         schema = self._client.create_schema(auto_id=False)
         schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
@@ -105,26 +77,7 @@ class VectorStore:
         index.add_index("dense", index_type="HNSW", metric_type="IP", params=HNSW_BUILD)
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
         index.add_index("document_id", index_type="INVERTED")
-        try:
-            self._client.create_collection(COLLECTION, schema=schema, index_params=index)
-        except MilvusException:
-            # Two processes opening a new store on one Milvus server both find no collection; the one that
-            # creates it second fails, and uses the first one's (same schema).
-            if not self._client.has_collection(COLLECTION):
-                raise
-
-    def close(self) -> None:
-        self._client.close()
-        if self.uses_milvus_lite:
-            # pymilvus starts an in-process Milvus Lite server for a folder and keeps it, and the folder locked, until
-            # the process exits; stop it, so that closing a store frees it for other processes.
-            from milvus_lite.server_manager import server_manager_instance
-
-            server_manager_instance.release_server(self.uri)
-
-    @property
-    def uses_milvus_lite(self) -> bool:
-        return self.uri.endswith(".db")
+        return schema, index
 
     def insert(self, rows: list[VectorRow], version: str) -> None:
         """Write rows of one document version (their pks must be unique to that version)."""
@@ -137,13 +90,6 @@ class VectorStore:
                     for r in rows
                 ],
             )
-
-    def delete_version(self, document_id: str, version: str) -> None:
-        # Both are hex digits (a digest and a token): nothing to escape.
-        self._client.delete(COLLECTION, filter=f'document_id == "{document_id}" and version == "{version}"')
-
-    def flush(self) -> None:
-        self._client.flush(COLLECTION)
 
     def count(self, level: Level = "passage") -> int:
         res = self._client.query(COLLECTION, filter=search_filter(level, None), output_fields=["count(*)"])

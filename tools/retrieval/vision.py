@@ -2,7 +2,7 @@
 
 `PageImageEmbedder` is the interface: `embed_pages` gives each page an (n_i, dim) float32 array of L2-normalised
 vectors, `embed_query` a query's (m, dim) array; `multi_vector` says whether n and m vary (late interaction, scored
-with `maxsim`) or are 1 (one pooled vector, scored with a dot product, which `maxsim` then equals).
+with `multivector.maxsim`) or are 1 (one pooled vector, scored with a dot product, which MaxSim then equals).
 
 - `ColQwen2Embedder`: ColPali-style multi-vector retrieval with transformers' own `ColQwen2ForRetrieval` and
   `ColQwen2Processor` (no colpali-engine, which needs torchvision). One 128-d vector per non-padding token; the
@@ -11,8 +11,7 @@ with `maxsim`) or are 1 (one pooled vector, scored with a dot product, which `ma
   `wmean` is VisRAG-Ret's weighted mean with its query prefix (SPEC §6); VisRAG-Ret itself is MiniCPM-V with remote
   code and is not loaded here, only its pooling. `last` is DSE's last token (DSE also gives each query a dummy
   1×1 image; here queries are text only). `mean` is the plain mean.
-- `pool_tokens`: colpali-engine's hierarchical token pooling; `maxsim` / `normalised_maxsim`: the late-interaction
-  score, raw and divided by the query's vector count (use the normalised one before thresholds and fusion).
+- `pool_tokens`: colpali-engine's hierarchical token pooling.
 
 Both embedders run on the CPU in float32 with the PIL image processor. Where `torch.cuda.is_available()` they run
 on the GPU in bfloat16; that path is untested here. Batches are bounded in memory by page count and by pixels
@@ -61,16 +60,6 @@ class PageImageEmbedder(Protocol):
 
 
 # --- scores and pooling ----------------------------------------------------------------------------------------
-
-def maxsim(query: np.ndarray, page: np.ndarray) -> float:
-    """Late-interaction score: Σ over query vectors of the max dot product over the page's vectors (SPEC §6)."""
-    return float((np.asarray(query, np.float32) @ np.asarray(page, np.float32).T).max(axis=1).sum())  # (m, n) → ()
-
-
-def normalised_maxsim(query: np.ndarray, page: np.ndarray) -> float:
-    """`maxsim` divided by the number of query vectors, so it has a fixed scale for thresholds and fusion (SPEC §6)."""
-    return maxsim(query, page) / len(query)
-
 
 def pool_tokens(vectors: np.ndarray, factor: int = 3) -> np.ndarray:
     """Hierarchical token pooling (SPEC §6), as colpali-engine's HierarchicalTokenPooler does it: Ward clustering of
