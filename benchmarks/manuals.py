@@ -25,7 +25,6 @@ import argparse
 import gzip
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -174,10 +173,7 @@ def write_pdf(path: Path, header: list[str], footer: list[str], pages: list[list
     canvas.setTitle(f"{header[0]} {header[1]}".strip())
     canvas.setSubject(f"man page {path.name.removesuffix('.pdf')}")
     for number, page in enumerate(pages, 1):
-        canvas.setFont("Courier-Bold", FONT_SIZE)
-        canvas.drawString(left, top + 22, header[0])
-        canvas.drawCentredString(width / 2, top + 22, header[1])
-        canvas.drawRightString(right, top + 22, header[2])
+        _draw_running_line(canvas, header, top + 22, left, right, "Courier-Bold")
         canvas.setLineWidth(0.4)
         canvas.line(left, top + 16, right, top + 16)
         y = top
@@ -186,12 +182,18 @@ def write_pdf(path: Path, header: list[str], footer: list[str], pages: list[list
             canvas.drawString(left, y, line)
             y -= LEADING
         canvas.line(left, 52, right, 52)
-        canvas.setFont("Courier", FONT_SIZE)
-        canvas.drawString(left, 40, footer[0])
-        canvas.drawCentredString(width / 2, 40, footer[1])
-        canvas.drawRightString(right, 40, f"Page {number} of {len(pages)}")
+        _draw_running_line(canvas, [footer[0], footer[1], f"Page {number} of {len(pages)}"], 40, left, right,
+                           "Courier")
         canvas.showPage()
     canvas.save()
+
+
+def _draw_running_line(canvas, parts: list[str], y: float, left: float, right: float, font: str) -> None:
+    """A running header or footer: its three parts flush left, centred and flush right on one line."""
+    canvas.setFont(font, FONT_SIZE)
+    canvas.drawString(left, y, parts[0])
+    canvas.drawCentredString((left + right) / 2, y, parts[1])
+    canvas.drawRightString(right, y, parts[2])
 
 
 def build_one(name: str, out: Path) -> dict:

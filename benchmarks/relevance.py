@@ -40,19 +40,15 @@ def collect(name: str, cache: Path) -> tuple[list[PageEvidence], list[bool], lis
         retriever = Retriever(store)
         evidence, labels, shown = [], [], []
         for question in questions:
-            hits = retriever.search(question.question, k=SHOWN)
-            similarity = {hit.page.page_id: hit.similarity for hit in hits}
-            top = retriever.page_evidence(question.question, [hit.page.page_id for hit in hits], similarity)
-            shown.append((list(top.values()), question.is_sufficient))
+            top = [PageEvidence(**hit.evidence) for hit in retriever.search(question.question, k=SHOWN)]
+            shown.append((top, question.is_sufficient))
             if question.is_sufficient:
-                gold_pages = gold[question.question]
-                dense = dict(retriever.route_rankings(question.question, routes=["dense"])["dense"])
-                for page_id, e in retriever.page_evidence(
-                        question.question, gold_pages, {p: dense[p].score for p in gold_pages if p in dense}).items():
-                    evidence.append(e)
-                    labels.append(True)
+                rankings = retriever.route_rankings(question.question)
+                found = retriever.page_evidence(question.question, gold[question.question], rankings)
+                evidence += found.values()
+                labels += [True] * len(found)
             else:
-                evidence += top.values()
+                evidence += top
                 labels += [False] * len(top)
         return evidence, labels, shown
     finally:

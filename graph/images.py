@@ -6,7 +6,6 @@ a policy receives (SPEC §7), with small caches so a multi-turn run does not dec
 
 from __future__ import annotations
 
-import base64
 import threading
 import uuid
 from collections.abc import Callable, Hashable
@@ -20,9 +19,9 @@ from pagelens.graph.policy import ShownImage
 from pagelens.graph.visrag_gen import concatenate
 from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.corpus.text import OcrEngine
-from pagelens.tools.imagefiles import encode_image, load_page_image
+from pagelens.tools.imagefiles import EncodedImage, load_page_image
 from pagelens.tools.pages import TextLine
-from pagelens.tools.regions import render_seen, smart_resize
+from pagelens.tools.regions import render_seen, resize_for_model
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -69,12 +68,12 @@ class Upload:
 
 class PageImages:
     """The pages a run can show: the store's, plus uploads registered for a request; and each shown image as the
-    PNG bytes sent for it."""
+    PNG sent for it."""
 
     def __init__(self, store: PageStore):
         self.store = store
         self._pages: LRU[str, Image.Image] = LRU(PAGE_CACHE)
-        self._encoded: LRU[tuple, bytes] = LRU(ENCODED_CACHE)
+        self._encoded: LRU[tuple, EncodedImage] = LRU(ENCODED_CACHE)
         self._uploads: dict[str, Upload] = {}
         self._ocr: OcrEngine | None = None
         self._lock = threading.Lock()
@@ -119,21 +118,17 @@ class PageImages:
 
     def remember(self, image: ShownImage, pixels: Image.Image) -> None:
         """Keep the encoding of pixels just made for `image` (a crop), so sending it does not re-make them."""
-        self._encoded.put(_key(image), encode_image(pixels, "png"))
-
-    def png(self, image: ShownImage) -> bytes:
-        return self._encoded.get(_key(image), lambda: encode_image(self.shown(image), "png"))
+        self._encoded.put(_key(image), EncodedImage.encode(pixels, "png"))
 
     def data_url(self, image: ShownImage) -> str:
-        return "data:image/png;base64," + base64.b64encode(self.png(image)).decode("ascii")
+        """The image as sent: a PNG data URL, encoded once however many turns send it."""
+        return self._encoded.get(_key(image), lambda: EncodedImage.encode(self.shown(image), "png")).data_url
 
 
 def composite_data_url(images: list[ShownImage], pages: PageImages, direction: str) -> str:
     """The images pasted into one (SPEC §6, VisRAG-Gen concatenation), resized as Qwen2.5-VL would see it."""
     pasted = concatenate([pages.shown(image) for image in images], direction)  # type: ignore[arg-type]
-    size = smart_resize(pasted.width, pasted.height)
-    fitted = pasted if pasted.size == size else pasted.resize(size, Image.Resampling.LANCZOS)
-    return "data:image/png;base64," + base64.b64encode(encode_image(fitted, "png")).decode("ascii")
+    return EncodedImage.encode(resize_for_model(pasted), "png").data_url
 
 
 def openai_messages(messages: list[dict], images: list[ShownImage], pages: PageImages, max_images: int, *,

@@ -19,7 +19,6 @@ store serves several threads at once (the agent API relies on the same), so conc
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextvars
 import functools
 import queue
@@ -41,7 +40,7 @@ from pagelens.errors import BadInputError
 from pagelens.graph.build import Agent
 from pagelens.graph.run import RunResult, Step
 from pagelens.tools.corpus.store import PageStore
-from pagelens.tools.imagefiles import encode_image, load_page_image
+from pagelens.tools.imagefiles import EncodedImage, load_page_image
 from pagelens.tools.pages import Box, Hit
 from pagelens.tools.regions import SeenImage, crop, fit_for_model
 from pagelens.tools.retrieval.search import Retriever
@@ -88,8 +87,8 @@ class PageLensRetriever(BaseRetriever):
             "image_path": str(page.image_path),
         }
         if self.thumbnails:
-            metadata["thumbnail"] = base64.b64encode(page.thumbnail_path.read_bytes()).decode("ascii")
-            metadata["thumbnail_mime_type"] = "image/jpeg"
+            thumbnail = EncodedImage(page.thumbnail_path.read_bytes(), "jpeg")
+            metadata["thumbnail"], metadata["thumbnail_mime_type"] = thumbnail.base64, thumbnail.mime_type
         text = "\n".join(line.text for line in self.store.lines(page.page_id)) if self.full_text else hit.snippet
         content = delimit(text, source=f"{page.document} p.{page.page_number}")
         return Document(page_content=content, metadata=metadata, id=page.page_id)
@@ -114,8 +113,8 @@ class CropArgs(BaseModel):
 
 
 def _image_block(image: Image.Image) -> dict:
-    return {"type": "image", "base64": base64.b64encode(encode_image(image, "png")).decode("ascii"),
-            "mime_type": "image/png"}
+    encoded = EncodedImage.encode(image, "png")
+    return {"type": "image", "base64": encoded.base64, "mime_type": encoded.mime_type}
 
 
 def _validation_message(error: ValidationError) -> str:

@@ -218,7 +218,15 @@ def search(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
     want = settings.search_top_k if protocol.multi_turn else settings.evisrag_pages
     images, messages = list(state["images"]), list(state["messages"])
     parts, added, found = [], [], []
-    for rank, hit in enumerate(context.retriever.search(query, k=want), start=1):
+    if settings.relevance_filter == "all" or (settings.relevance_filter == "evisrag" and not protocol.multi_turn):
+        hits, candidates = context.retriever.filtered(query, k=want)
+        kept = {hit.page.page_id for hit in hits}
+        # The trace shows every decision: the candidates the filter left out too.
+        dropped = [{"page_id": c.page.page_id, "relevance": round(c.relevance, 4)} for c in candidates
+                   if c.page.page_id not in kept]
+    else:
+        hits, dropped = context.retriever.search(query, k=want), []
+    for rank, hit in enumerate(hits, start=1):
         page = hit.page
         if page.page_id in shown_pages:
             continue
@@ -227,7 +235,7 @@ def search(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         except BadInputError:
             continue  # a page too elongated to show whole; the next hit stands in
         index = len(images) + 1
-        supported = hit.relevance is None or hit.relevance >= context.store.retrieval.relevance_threshold
+        supported = hit.supported is not False
         shown = ShownImage(index, page.page_id, page.document, page.page_number,
                            SeenImage.whole_page(page.page_id, page.width, page.height, *seen_size),
                            supported=supported)
@@ -261,7 +269,8 @@ def search(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         messages.append(_user(_text(load_template("search_empty").render(query=query))))
     return {
         "images": images, "messages": messages, "shown_pages": shown_pages,
-        "steps": _step(state, "search", {"query": query, "pages": found}, images=tuple(added), started=started),
+        "steps": _step(state, "search", {"query": query, "pages": found, **({"filtered_out": dropped} if dropped else {})},
+                       images=tuple(added), started=started),
     }
 
 

@@ -32,6 +32,10 @@ class AgentSettings:
     """Pages retrieved for the one-shot evisrag protocol (SPEC §2: up to 5)."""
     crop_padding: float = 28.0
     """Widen each bbox by this many pixels of the image the model saw (SPEC §1: 28 model pixels)."""
+    relevance_filter: str = "evisrag"
+    """MIRAGE's relevance filter (SPEC §6) on retrieved pages: "evisrag" (the one-shot protocol shows only the pages
+    the store's relevance model says support an answer, at least the most probable one), "all" (every multi-turn
+    search skips the others too) or "off"."""
     page_text: bool = False
     """Also send each page's extracted text, as delimited data, with its image (for models that read poorly)."""
     single_image: str = ""
@@ -41,6 +45,8 @@ class AgentSettings:
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise BadInputError(f"protocol {self.protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}.")
+        if self.relevance_filter not in ("evisrag", "all", "off"):
+            raise BadInputError(f"relevance_filter={self.relevance_filter!r} is unknown; use evisrag, all or off.")
         if not 1 <= self.max_turns <= 50:
             raise BadInputError(f"max_turns={self.max_turns} is out of range; use 1 to 50.")
         if not (math.isfinite(self.run_timeout) and self.run_timeout > 0):

@@ -12,7 +12,6 @@ full page), and as an overview of the page with the cropped region outlined, so 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import tempfile
@@ -25,9 +24,10 @@ from PIL import Image, ImageDraw
 
 from pagelens.graph.policy import ShownImage
 from pagelens.graph.run import RunResult
-from pagelens.tools.imagefiles import encode_image
+from pagelens.tools.imagefiles import EncodedImage
 from pagelens.tools.regions import render_seen
 
+# The overview is for a reader's screen, never sent to a model, so it is sized here and not by smart_resize.
 OVERVIEW_WIDTH = 900
 BOX_COLOUR = (230, 0, 0)
 BOX_LINE = 3
@@ -53,11 +53,6 @@ _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 # Autoescaped: the question, the model's messages and page text are untrusted, and none can open a tag.
 _TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("pagelens.graph", "."), autoescape=True,
                                undefined=jinja2.StrictUndefined).get_template("trace.html.jinja")
-
-
-def _data_url(image: Image.Image, format: str) -> str:
-    mime = "image/png" if format == "png" else "image/jpeg"
-    return f"data:{mime};base64,{base64.b64encode(encode_image(image, format)).decode('ascii')}"
 
 
 def _box_text(values: list[float]) -> str:
@@ -91,7 +86,7 @@ class _Pictures:
         seen = render_seen(self.page(image.page_id), image.seen)
         figure = {"index": image.index, "page_id": image.page_id, "document": image.document,
                   "page_number": image.page_number, "width": seen.width, "height": seen.height,
-                  "src": _data_url(seen, "png" if image.is_crop else "jpeg"),
+                  "src": EncodedImage.encode(seen, "png" if image.is_crop else "jpeg").data_url,
                   "caption": f"[{image.index}] {image.document} p.{image.page_number}"}
         if image.region is None:
             figure["caption"] += f", whole page, sent at {seen.width}x{seen.height}"
@@ -105,7 +100,7 @@ class _Pictures:
         ImageDraw.Draw(overview).rectangle(outline, outline=BOX_COLOUR, width=BOX_LINE)
         figure.update(box=_box_text(box), normalized=_box_text([round(v, 6) for v in normalized.as_list()]),
                       overview={"width": overview.width, "height": overview.height,
-                                "src": _data_url(overview, "jpeg")})
+                                "src": EncodedImage.encode(overview, "jpeg").data_url})
         return figure
 
 

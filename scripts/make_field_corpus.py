@@ -23,24 +23,20 @@ corpus, the question's words need not single out its page: this corpus is meant 
 for lexical retrieval.
 
 The output is deterministic: reportlab runs in invariant mode, scan noise comes from seeded
-generators and the image-only PDFs get fixed dates. The scan helpers are those of
-make_sample_corpus.py, loaded from the sibling file.
+generators and the image-only PDFs get fixed dates. The scan helpers, the answer checks and the
+command line are shared with make_sample_corpus.py through scripts/corpus_kit.py.
 
 Usage: python scripts/make_field_corpus.py [--out DIR]
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from types import ModuleType
 
 from reportlab import rl_config
 from reportlab.graphics import renderPDF
@@ -64,6 +60,23 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+# A sibling file, importable because scripts/ is on sys.path when this runs as a script.
+from corpus_kit import (
+    NBSP,
+    SCAN_MARGIN,
+    SCAN_SIZE,
+    Document,
+    ScanPage,
+    build_documents,
+    check_answer,
+    cli,
+    content_terms,
+    document_table,
+    scan_document,
+    text_layer,
+)
+from corpus_kit import Question as PageQuestion
+
 rl_config.invariant = 1
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,39 +85,14 @@ CREATOR = "pagelens scripts/make_field_corpus.py"
 SCAN_DATE = time.struct_time((2024, 11, 4, 9, 30, 0, 0, 309, 0))
 INSUFFICIENT = "insufficient to answer"
 KINDS = ("prose", "decimal", "table", "chart", "scan", "confusable", "unanswerable")
-
-
-def _load_sample_script() -> ModuleType:
-    """make_sample_corpus.py as a module (a script, not a package), for its scan helpers."""
-    path = Path(__file__).resolve().with_name("make_sample_corpus.py")
-    spec = importlib.util.spec_from_file_location("make_sample_corpus", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-SAMPLE = _load_sample_script()
-NBSP = SAMPLE.NBSP
+_scan_document = partial(scan_document, creator=CREATOR, date=SCAN_DATE)
 
 
 @dataclass(frozen=True)
-class Question:
-    question: str
-    answer: str  # INSUFFICIENT for an unanswerable question
-    document: str  # the page's document; for an unanswerable question, the document it is about
-    page: int  # 0 for an unanswerable question
-    kind: str
+class Question(PageQuestion):
+    """An answerable question, or an unanswerable one: answer INSUFFICIENT, page 0, `document` the one it is about."""
+
     absent: tuple[str, ...] = ()  # unanswerable only: strings its document must not contain
-
-
-@dataclass(frozen=True)
-class Document:
-    name: str
-    description: str
-    scanned: bool
-    pages: list[str]  # text per page: the text layer, or the strings drawn on a scan
-    lines: list[list[str]]  # scans only: the drawn strings per page
 
 
 # --------------------------------------------------------------------------
@@ -132,10 +120,6 @@ def _styles() -> dict[str, ParagraphStyle]:
 
 def _p(style: str, *texts: str) -> list[Flowable]:
     return [Paragraph(text, _styles()[style]) for text in texts]
-
-
-def _text_layer(path: Path) -> list[str]:
-    return SAMPLE._text_layer(path)
 
 
 # --------------------------------------------------------------------------
@@ -263,7 +247,7 @@ def build_bulletin(out: Path) -> Document:
     doc.build(story)
     return Document(BULLETIN, "Two-column quarterly bulletin of a fictional water utility: prose with decimal "
                     "figures (demand, storage, leakage, quality, firmware versions, energy), staff news.",
-                    False, _text_layer(path), [])
+                    False, text_layer(path), [])
 
 
 # --------------------------------------------------------------------------
@@ -373,7 +357,7 @@ def build_quarter(out: Path, q: Quarter) -> Document:
     doc.build(story)
     return Document(q.file, "Quarterly report of a fictional company, written from the same sentence templates "
                     "as its sibling report; the company is named only in the page header.",
-                    False, _text_layer(path), [])
+                    False, text_layer(path), [])
 
 
 def build_brightwell(out: Path) -> Document:
@@ -517,7 +501,7 @@ def build_slides(out: Path) -> Document:
     canvas.save()
     return Document(SLIDES, "Landscape slide deck of a fictional air-quality network review: horizontal bar "
                     "chart (good-air days by station), table with row and column headers (concentrations by "
-                    "station), bullet slides.", False, _text_layer(path), [])
+                    "station), bullet slides.", False, text_layer(path), [])
 
 
 # --------------------------------------------------------------------------
@@ -534,34 +518,17 @@ BRAKES = [
 ]
 
 
-def _write_scan_pdf(path: Path, title: str, pages: list, angles: Sequence[float], seed: int) -> None:
-    images = [SAMPLE._age(page.image, angle, seed + i) for i, (page, angle) in enumerate(zip(pages, angles))]
-    images[0].save(path, "PDF", save_all=True, append_images=images[1:], resolution=SAMPLE.SCAN_DPI,
-                   quality=SAMPLE.SCAN_JPEG_QUALITY, title=title, producer=CREATOR, creationDate=SCAN_DATE,
-                   modDate=SCAN_DATE)
-
-
-def _scan_document(out: Path, name: str, description: str, title: str, pages: list, angles: Sequence[float],
-                   seed: int) -> Document:
-    path = out / name
-    _write_scan_pdf(path, title, pages, angles, seed)
-    layer = _text_layer(path)
-    if len(layer) != len(pages) or any(len(text.strip()) >= SAMPLE.MAX_SCAN_TEXT_CHARS for text in layer):
-        raise AssertionError(f"{name}: a scanned PDF must be image-only")
-    return Document(name, description, True, [" ".join(p.lines) for p in pages], [p.lines for p in pages])
-
-
 def _fields(page, y: int, pairs: Sequence[tuple[str, str]], value_x: int, size: int = 26, step: int = 46) -> int:
     for label, value in pairs:
-        page.text(SAMPLE.SCAN_MARGIN, y, f"{label}:", size=size, bold=True)
+        page.text(SCAN_MARGIN, y, f"{label}:", size=size, bold=True)
         page.text(value_x, y, value, size=size)
         y += step
     return y
 
 
 def build_inspection(out: Path) -> Document:
-    margin, right = SAMPLE.SCAN_MARGIN, SAMPLE.SCAN_SIZE[0] - SAMPLE.SCAN_MARGIN
-    first = SAMPLE._ScanPage()
+    margin, right = SCAN_MARGIN, SCAN_SIZE[0] - SCAN_MARGIN
+    first = ScanPage()
     first.text(margin, 110, "NORTHCAPE VEHICLE TESTING CENTRE", size=36, bold=True)
     first.text(margin, 160, "Unit 7, Brannock Industrial Estate  -  Station No. NC-031", size=22)
     first.rule(200, width=3)
@@ -583,9 +550,9 @@ def build_inspection(out: Path) -> Document:
     first.text(520, y + 40, "PASS WITH ADVISORIES", size=30, bold=True)
     first.text(margin, y + 100, "Next inspection due:", size=26, bold=True)
     first.text(520, y + 100, "9 October 2025", size=26)
-    first.text(right, SAMPLE.SCAN_SIZE[1] - 110, "Form RW-2 (rev. 2022)  -  page 1 of 2", size=20, anchor="ra")
+    first.text(right, SCAN_SIZE[1] - 110, "Form RW-2 (rev. 2022)  -  page 1 of 2", size=20, anchor="ra")
 
-    second = SAMPLE._ScanPage()
+    second = ScanPage()
     second.text(margin, 110, "Record sheet RW-88214-K  -  continued", size=24)
     second.rule(150)
     second.text(margin, 190, "Part B. Roller brake test", size=28, bold=True)
@@ -608,17 +575,17 @@ def build_inspection(out: Path) -> Document:
                  "3. Rear axle brake imbalance within limits but rising."):
         y = second.paragraph(y, note, size=24)
     second.text(margin, y + 60, "Signed: M. Oyelaran", size=26)
-    second.text(right, SAMPLE.SCAN_SIZE[1] - 110, "Form RW-2 (rev. 2022)  -  page 2 of 2", size=20, anchor="ra")
+    second.text(right, SCAN_SIZE[1] - 110, "Form RW-2 (rev. 2022)  -  page 2 of 2", size=20, anchor="ra")
     return _scan_document(out, INSPECTION, "Scanned two-page vehicle inspection record: field/value pairs, a "
                           "brake-test table, emissions readings and advisory notes.",
                           "Inspection record RW-88214-K", [first, second], angles=[-1.1, 0.6], seed=303)
 
 
 def build_letter(out: Path) -> Document:
-    margin, right = SAMPLE.SCAN_MARGIN, SAMPLE.SCAN_SIZE[0] - SAMPLE.SCAN_MARGIN
-    page = SAMPLE._ScanPage()
-    page.text(SAMPLE.SCAN_SIZE[0] / 2, 110, "PELLWORTH HARBOUR MARINA", size=36, bold=True, anchor="ma")
-    page.text(SAMPLE.SCAN_SIZE[0] / 2, 160, "The Harbour Office, Quay Street, Pellworth", size=22, anchor="ma")
+    margin, right = SCAN_MARGIN, SCAN_SIZE[0] - SCAN_MARGIN
+    page = ScanPage()
+    page.text(SCAN_SIZE[0] / 2, 110, "PELLWORTH HARBOUR MARINA", size=36, bold=True, anchor="ma")
+    page.text(SCAN_SIZE[0] / 2, 160, "The Harbour Office, Quay Street, Pellworth", size=22, anchor="ma")
     page.text(right, 240, "12 November 2024", size=24, anchor="ra")
     for i, line in enumerate(("Mr Colm Ashdown", "4 Tern Cottages", "Lower Pellworth")):
         page.text(margin, 240 + 36 * i, line, size=24)
@@ -751,18 +718,8 @@ def check_questions(qs: list[Question], docs: list[Document]) -> None:
                 if absent.lower() in text:
                     raise AssertionError(f"{q.question!r}: {absent!r} occurs in {q.document}")
             continue
-        if doc.scanned != (q.kind == "scan"):
-            raise AssertionError(f"{q.question!r}: kind {q.kind} does not match the document type")
-        if not 1 <= q.page <= len(doc.pages):
-            raise AssertionError(f"{q.question!r}: {q.document} has no page {q.page}")
-        if doc.scanned:
-            if not any(q.answer in line for line in doc.lines[q.page - 1]):
-                raise AssertionError(f"{q.question!r}: {q.answer!r} is not on one line of page {q.page}")
-        elif SAMPLE.normalize(q.answer) not in SAMPLE.normalize(doc.pages[q.page - 1]):
-            raise AssertionError(f"{q.question!r}: {q.answer!r} is not on page {q.page} of {q.document}")
-        if q.answer.lower() in q.question.lower():
-            raise AssertionError(f"{q.question!r}: the question gives the answer away")
-        if not SAMPLE._terms(q.question) & SAMPLE._terms(doc.pages[q.page - 1]):
+        check_answer(q, doc)
+        if not content_terms(q.question) & content_terms(doc.pages[q.page - 1]):
             raise AssertionError(f"{q.question!r}: shares no word with page {q.page} of {q.document}")
     missing = set(by_name) - {q.document for q in qs if q.kind != "unanswerable"}
     if missing:
@@ -781,10 +738,6 @@ def _records(qs: list[Question]) -> list[dict]:
 
 
 def _readme(docs: list[Document], qs: list[Question]) -> str:
-    rows = "\n".join(
-        f"| `{d.name}` | {len(d.pages)} | {'scan, no text layer' if d.scanned else 'text layer'} | {d.description} |"
-        for d in docs
-    )
     counts = ", ".join(f"{kind} {sum(q.kind == kind for q in qs)}" for kind in KINDS)
     n_answerable = sum(q.kind != "unanswerable" for q in qs)
     return f"""# pagelens field corpus
@@ -795,9 +748,7 @@ reported on the other. Every file here is generated by `scripts/make_field_corpu
 that script and re-run it rather than editing these files by hand (a test checks the files
 match the script byte for byte).
 
-| File | Pages | Kind | Contents |
-|---|---|---|---|
-{rows}
+{document_table(docs)}
 
 `questions.jsonl` holds {len(qs)} questions, one JSON object per line: {n_answerable} answerable
 ones (`is_sufficient: true`, the answer verbatim on the page listed in `pages`) and
@@ -821,11 +772,7 @@ EXPECTED_PAGES = {BULLETIN: 3, BW: 2, OL: 2, SLIDES: 5, INSPECTION: 2, LETTER: 1
 
 
 def build_corpus(out: Path) -> list[Document]:
-    out.mkdir(parents=True, exist_ok=True)
-    docs = [build(out) for build in BUILDERS]
-    pages = {d.name: len(d.pages) for d in docs}
-    if pages != EXPECTED_PAGES:
-        raise AssertionError(f"page layout drifted (a page or column overflowed?): {pages}")
+    docs = build_documents(out, BUILDERS, EXPECTED_PAGES)
     qs = questions()
     check_questions(qs, docs)
     lines = [json.dumps(record, ensure_ascii=False) for record in _records(qs)]
@@ -835,11 +782,7 @@ def build_corpus(out: Path) -> list[Document]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
-    args = parser.parse_args(argv)
-    for doc in build_corpus(args.out):
-        print(f"{doc.name}: {len(doc.pages)} pages, {(args.out / doc.name).stat().st_size:,} bytes")
+    cli(__doc__, DEFAULT_OUT, build_corpus, argv)
 
 
 if __name__ == "__main__":

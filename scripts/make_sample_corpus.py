@@ -24,21 +24,15 @@ Usage: python scripts/make_sample_corpus.py [--out DIR]
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from decimal import Decimal
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
-import numpy as np
-import pypdfium2 as pdfium
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
-import reportlab
 from reportlab import rl_config
 from reportlab.graphics.charts.barcharts import VerticalBarChart
 from reportlab.graphics.shapes import Drawing, Group, String
@@ -56,43 +50,32 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+# A sibling file, importable because scripts/ is on sys.path when this runs as a script.
+from corpus_kit import (
+    NBSP,
+    SCAN_MARGIN,
+    SCAN_SIZE,
+    Document,
+    Question,
+    ScanPage,
+    build_documents,
+    check_answer,
+    cli,
+    content_terms,
+    document_table,
+    scan_document,
+    text_layer,
+)
+
 # Fixed creation dates and document ids, so the PDF bytes do not change between runs.
 rl_config.invariant = 1
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "servers" / "sample"
 CREATOR = "pagelens scripts/make_sample_corpus.py"
 
-# Scans: 150 dpi US Letter, the resolution of a typical office scanner.
-SCAN_DPI = 150
-SCAN_SIZE = (int(8.5 * SCAN_DPI), int(11 * SCAN_DPI))
-SCAN_MARGIN = 120
-SCAN_INK = 25
-SCAN_JPEG_QUALITY = 60
-VERA_DIR = Path(reportlab.__file__).parent / "fonts"
 # Pillow would otherwise stamp the current time into the image-only PDFs.
 SCAN_DATE = time.struct_time((2024, 5, 1, 12, 0, 0, 2, 122, 0))
-
-# A scanned page has at most this much text layer (none, in practice).
-MAX_SCAN_TEXT_CHARS = 20
-NBSP = "\u00a0"
-
-
-@dataclass(frozen=True)
-class Question:
-    question: str
-    answer: str
-    document: str
-    page: int
-    kind: str  # "table" | "chart" | "prose" | "scan"
-
-
-@dataclass(frozen=True)
-class Document:
-    name: str
-    description: str
-    scanned: bool
-    pages: list[str]  # text per page: the text layer, or the strings drawn on a scan
-    lines: list[list[str]]  # scans only: the drawn strings per page, one entry per line
+_scan_document = partial(scan_document, creator=CREATOR, date=SCAN_DATE)
 
 
 # --------------------------------------------------------------------------
@@ -189,14 +172,6 @@ def _write_text_pdf(path: Path, title: str, author: str, footer: str, pages: lis
                             leftMargin=inch, rightMargin=inch, topMargin=0.8 * inch, bottomMargin=0.8 * inch,
                             invariant=1)
     doc.build(story, onFirstPage=draw_footer, onLaterPages=draw_footer)
-
-
-def _text_layer(path: Path) -> list[str]:
-    pdf = pdfium.PdfDocument(str(path))
-    try:
-        return [pdf[i].get_textpage().get_text_range() for i in range(len(pdf))]
-    finally:
-        pdf.close()
 
 
 # Northwind Analytics annual report ------------------------------------------
@@ -302,7 +277,7 @@ def build_northwind(out: Path) -> Document:
                     "Northwind Analytics - Annual Report 2023", pages)
     return Document(name, "Annual report of a fictional software company: CEO letter (prose), quarterly "
                     "revenue by region (table), five-year revenue (bar chart), outlook (prose).",
-                    False, _text_layer(path), [])
+                    False, text_layer(path), [])
 
 
 # KX-40 turbine manual --------------------------------------------------------
@@ -389,7 +364,7 @@ def build_kx40(out: Path) -> Document:
                     "Halvorsen Energy Systems - KX-40 Service Manual, Rev. C", pages)
     return Document(name, "Service manual of a fictional wind turbine: safety rules (prose), maintenance "
                     "intervals (table), power curve (bar chart) and fault codes (prose).",
-                    False, _text_layer(path), [])
+                    False, text_layer(path), [])
 
 
 # Marrow Estuary eelgrass study ---------------------------------------------
@@ -488,7 +463,7 @@ def build_eelgrass(out: Path) -> Document:
                     "Ferreira et al. - Eelgrass recovery in the Marrow Estuary - Working Paper 24-07", pages)
     return Document(name, "Research paper on a fictional estuary study: abstract and methods (prose), "
                     "site results (table), cover by year (bar chart).",
-                    False, _text_layer(path), [])
+                    False, text_layer(path), [])
 
 
 # --------------------------------------------------------------------------
@@ -496,79 +471,8 @@ def build_eelgrass(out: Path) -> Document:
 # --------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
-def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
-    # Bitstream Vera ships with reportlab, so the scans look the same on every machine; its word
-    # spacing is wide enough for RapidOCR to keep most spaces (Pillow's default font is not).
-    return ImageFont.truetype(str(VERA_DIR / ("VeraBd.ttf" if bold else "Vera.ttf")), size)
-
-
-def _wrap(text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
-    """Greedy word wrap; a no-break space keeps an answer span on one line, where OCR reads it whole."""
-    lines: list[str] = []
-    for word in text.split(" "):
-        word = word.replace(NBSP, " ")
-        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
-            lines[-1] += f" {word}"
-        else:
-            lines.append(word)
-    return lines
-
-
-class _ScanPage:
-    """A blank sheet at SCAN_DPI that remembers every string drawn on it."""
-
-    def __init__(self) -> None:
-        self.image = Image.new("L", SCAN_SIZE, 255)
-        self.draw = ImageDraw.Draw(self.image)
-        self.lines: list[str] = []
-
-    def text(self, x: float, y: float, text: str, size: int = 26, bold: bool = False,
-             anchor: str = "la") -> None:
-        self.draw.text((x, y), text, fill=SCAN_INK, font=_font(size, bold), anchor=anchor)
-        self.lines.append(text)
-
-    def paragraph(self, y: float, text: str, size: int = 26) -> float:
-        """Draw wrapped text between the margins and return the y below it."""
-        for line in _wrap(text, _font(size), SCAN_SIZE[0] - 2 * SCAN_MARGIN):
-            self.text(SCAN_MARGIN, y, line, size)
-            y += round(size * 1.5)
-        return y + round(size * 0.6)
-
-    def rule(self, y: float, width: int = 2) -> None:
-        self.draw.line([(SCAN_MARGIN, y), (SCAN_SIZE[0] - SCAN_MARGIN, y)], fill=SCAN_INK, width=width)
-
-
-def _age(image: Image.Image, angle: float, seed: int) -> Image.Image:
-    """Make a clean render look like it went through an office scanner."""
-    rng = np.random.default_rng(seed)
-    image = image.rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=255)
-    image = image.filter(ImageFilter.GaussianBlur(0.7))
-    # Scanned paper is never pure white nor toner pure black.
-    pixels = np.asarray(image, dtype=np.float32) * 0.9 + 14
-    pixels += rng.normal(0.0, 5.0, pixels.shape)
-    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), "L")
-
-
-def _write_scan_pdf(path: Path, title: str, pages: list[_ScanPage], angles: Sequence[float], seed: int) -> None:
-    images = [_age(page.image, angle, seed + i) for i, (page, angle) in enumerate(zip(pages, angles))]
-    images[0].save(path, "PDF", save_all=True, append_images=images[1:], resolution=SCAN_DPI,
-                   quality=SCAN_JPEG_QUALITY, title=title, producer=CREATOR, creationDate=SCAN_DATE,
-                   modDate=SCAN_DATE)
-
-
-def _scan_document(out: Path, name: str, description: str, title: str, pages: list[_ScanPage],
-                   angles: Sequence[float], seed: int) -> Document:
-    path = out / name
-    _write_scan_pdf(path, title, pages, angles, seed)
-    layer = _text_layer(path)
-    if len(layer) != len(pages) or any(len(text.strip()) >= MAX_SCAN_TEXT_CHARS for text in layer):
-        raise AssertionError(f"{name}: a scanned PDF must be image-only")
-    return Document(name, description, True, [" ".join(p.lines) for p in pages], [p.lines for p in pages])
-
-
 def build_memo(out: Path) -> Document:
-    page = _ScanPage()
+    page = ScanPage()
     x, right = SCAN_MARGIN, SCAN_SIZE[0] - SCAN_MARGIN
     page.text(x, 120, "BELLMORE COUNTY PUBLIC LIBRARY", size=40, bold=True)
     page.text(x, 176, "40 Harbor Street, Bellmore", size=24)
@@ -622,7 +526,7 @@ def invoice_total() -> str:
 
 
 def build_invoice(out: Path) -> Document:
-    page = _ScanPage()
+    page = ScanPage()
     x, right = SCAN_MARGIN, SCAN_SIZE[0] - SCAN_MARGIN
     page.text(x, 120, "CEDAR & FINCH PRINTING CO.", size=40, bold=True)
     page.text(x, 176, "112 Mill Lane, Port Alder  -  Tel. 555-0148", size=24)
@@ -715,24 +619,9 @@ def questions() -> list[Question]:
     ]
 
 
-def normalize(text: str) -> str:
-    """Collapse whitespace, so a span that wraps onto the next line still matches."""
-    return " ".join(text.split())
-
-
-STOPWORDS = frozenset(
-    "a an and are as at be by did do does for from has have how in is it its much many must of on or put "
-    "should show than that the to was were what when which who whom will with".split()
-)
-
-
-def _terms(text: str) -> set[str]:
-    return set(re.findall(r"[a-z0-9]+", text.lower())) - STOPWORDS
-
-
 def _lexical_ranking(question: str, pages: dict[tuple[str, int], set[str]]) -> list[tuple[float, tuple[str, int]]]:
     """Rank pages by the summed idf of the question terms they contain, best first."""
-    terms = _terms(question)
+    terms = content_terms(question)
     df = {t: sum(t in page for page in pages.values()) for t in terms}
     idf = {t: math.log(len(pages) / df[t]) for t in terms if df[t]}
     scores = [(sum(idf[t] for t in terms & page if t in idf), key) for key, page in pages.items()]
@@ -742,22 +631,12 @@ def _lexical_ranking(question: str, pages: dict[tuple[str, int], set[str]]) -> l
 def check_questions(qs: list[Question], docs: list[Document]) -> None:
     """Fail loudly if a question is unanswerable from its page or does not single that page out."""
     by_name = {d.name: d for d in docs}
-    page_terms = {(d.name, i + 1): _terms(text) for d in docs for i, text in enumerate(d.pages)}
+    page_terms = {(d.name, i + 1): content_terms(text) for d in docs for i, text in enumerate(d.pages)}
     kinds = {q.kind for q in qs}
     if kinds - {"table", "chart", "prose", "scan"}:
         raise AssertionError(f"unknown question kinds: {kinds}")
     for q in qs:
-        doc = by_name[q.document]
-        if doc.scanned != (q.kind == "scan"):
-            raise AssertionError(f"{q.question!r}: kind {q.kind} does not match the document type")
-        if doc.scanned:
-            # OCR reads line by line, so a span split over two drawn lines would be unreadable as a span.
-            if not any(q.answer in line for line in doc.lines[q.page - 1]):
-                raise AssertionError(f"{q.question!r}: {q.answer!r} is not on one line of page {q.page}")
-        elif normalize(q.answer) not in normalize(doc.pages[q.page - 1]):
-            raise AssertionError(f"{q.question!r}: {q.answer!r} is not on page {q.page} of {q.document}")
-        if q.answer.lower() in q.question.lower():
-            raise AssertionError(f"{q.question!r}: the question gives the answer away")
+        check_answer(q, by_name[q.document])
         (best, top), (runner_up, _) = _lexical_ranking(q.question, page_terms)[:2]
         if top != (q.document, q.page) or best <= runner_up:
             raise AssertionError(f"{q.question!r}: its terms point at {top}, not {(q.document, q.page)}")
@@ -767,10 +646,6 @@ def check_questions(qs: list[Question], docs: list[Document]) -> None:
 
 
 def _readme(docs: list[Document], n_questions: int) -> str:
-    rows = "\n".join(
-        f"| `{d.name}` | {len(d.pages)} | {'scan, no text layer' if d.scanned else 'text layer'} | {d.description} |"
-        for d in docs
-    )
     return f"""# pagelens sample corpus
 
 A small, fictional document collection that `pagelens demo` indexes and that the
@@ -778,9 +653,7 @@ tests use to check retrieval and answering. Every file here is generated by
 `scripts/make_sample_corpus.py`; edit that script and re-run it rather than editing
 these files by hand (the tests check the files match the script byte for byte).
 
-| File | Pages | Kind | Contents |
-|---|---|---|---|
-{rows}
+{document_table(docs)}
 
 `questions.json` holds {n_questions} questions. Each has an `id`, the `question`, a
 short `answer` that appears verbatim on the page, the `document` file name, the
@@ -797,11 +670,7 @@ EXPECTED_PAGES = {NW: 4, KX: 3, EG: 3, MEMO: 1, INVOICE: 1}
 
 
 def build_corpus(out: Path) -> list[Document]:
-    out.mkdir(parents=True, exist_ok=True)
-    docs = [build(out) for build in BUILDERS]
-    pages = {d.name: len(d.pages) for d in docs}
-    if pages != EXPECTED_PAGES:
-        raise AssertionError(f"page layout drifted (a page overflowed?): {pages}")
+    docs = build_documents(out, BUILDERS, EXPECTED_PAGES)
     qs = questions()
     check_questions(qs, docs)
     records = [{"id": f"q{i:02d}", **asdict(q)} for i, q in enumerate(qs, start=1)]
@@ -811,11 +680,7 @@ def build_corpus(out: Path) -> list[Document]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
-    args = parser.parse_args(argv)
-    for doc in build_corpus(args.out):
-        print(f"{doc.name}: {len(doc.pages)} pages, {(args.out / doc.name).stat().st_size:,} bytes")
+    cli(__doc__, DEFAULT_OUT, build_corpus, argv)
 
 
 if __name__ == "__main__":

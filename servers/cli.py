@@ -9,6 +9,7 @@ from pathlib import Path
 from pagelens import __version__
 from pagelens.errors import PageLensError
 from pagelens.servers.terminal import EXIT_ERROR
+from pagelens.tools.regions import MAX_PIXELS, MIN_PIXELS
 from pagelens.tools.retrieval.settings import RETRIEVERS
 
 
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("-k", type=int, default=5, help="how many pages (default 5)")
     p.add_argument("--document", metavar="GLOB", help="only documents whose name matches this glob")
+    p.add_argument("--filter", action="store_true",
+                   help="keep only pages the relevance model says support an answer (at least the most probable)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("pages", help="list the indexed pages")
@@ -119,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--served-model-name", help="the model name clients send (default: --model as given; vllm: a folder's name; replay: 'replay')")
-    p.add_argument("--min-pixels", type=int, default=256 * 28 * 28, help="smallest image area the model sees")
-    p.add_argument("--max-pixels", type=int, default=512 * 28 * 28, help="largest image area the model sees")
+    p.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help="smallest image area the model sees")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image area the model sees")
 
     sub.add_parser("mcp-config", help="print the claude_desktop_config.json entry that runs `pagelens serve mcp`")
 
@@ -130,6 +133,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo",
                        help="index the bundled sample corpus, search and ask its questions, write a trace of each")
+
+    p = sub.add_parser("calibrate", help="fit this store's relevance model on a question file and keep it in the "
+                                         "store (search, the relevance filter and 'insufficient' then use it)")
+    p.add_argument("questions", type=Path, metavar="QUESTIONS.jsonl",
+                   help="the question file format of `pagelens eval`, with gold pages (and some unanswerable questions)")
+    p.add_argument("--k", type=int, default=10, help="candidate pages judged per question (default 10)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="probability from which a page supports an answer (default 0.5, MIRAGE's)")
+    p.add_argument("--json", action="store_true", help="print the fitted model and its figures as JSON")
 
     p = sub.add_parser("eval", help="run a question file through retrieval and the agent; report answer, retrieval "
                                     "and citation metrics (resumes after an interruption)")

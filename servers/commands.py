@@ -47,16 +47,55 @@ def search(args: argparse.Namespace) -> int:
     from pagelens.tools.retrieval.search import Retriever
 
     with open_store(args) as store:
-        hits = Retriever(store).search(args.query, k=args.k, document=args.document)
+        retriever = Retriever(store)
+        if args.filter:
+            hits, candidates = retriever.filtered(args.query, k=args.k, document=args.document)
+        else:
+            hits = candidates = retriever.search(args.query, k=args.k, document=args.document)
         if args.json:
-            print_json({"query": args.query, "hits": [h.to_dict() for h in hits]})
+            found = {"query": args.query, "hits": [h.to_dict() for h in hits]}
+            if args.filter:  # every candidate's decision, the dropped ones too
+                kept = {h.page.page_id for h in hits}
+                found["filter"] = {"threshold": store.retrieval.relevance.threshold, "candidates": [
+                    {"page_id": c.page.page_id, "relevance": round(c.relevance, 4), "kept": c.page.page_id in kept}
+                    for c in candidates]}
+            print_json(found)
             return 0
         if not hits:
             print("No pages match; `pagelens pages` lists what is indexed.")
         for rank, hit in enumerate(hits, start=1):
             print(f"{rank:>2}. {printable(hit.page.document)} p.{hit.page.page_number}  [{hit.page.page_id}]  "
-                  f"score {hit.score:.4f}" + ("" if hit.relevance is None else f", relevance {hit.relevance:.2f}"))
+                  f"score {hit.score:.4f}" + ("" if hit.relevance is None else f", relevance {hit.relevance:.2f}")
+                  + ("" if hit.supported is not False else " (does not support an answer)"))
             print(f"    {hit.snippet}")
+        if args.filter:
+            print(f"kept {len(hits)} of {len(candidates)} candidate page(s) at relevance "
+                  f">= {store.retrieval.relevance.threshold:.2f}"
+                  + ("" if any(hit.supported for hit in hits) else " (none reached it: the most probable kept)"))
+    return 0
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    from pagelens.tools.retrieval.calibration import calibrate as fit
+    from pagelens.training.evaluate import gold_page_ids, read_questions
+
+    questions = read_questions(args.questions)  # a bad line fails before the store opens
+    with open_store(args) as store:
+        gold = gold_page_ids(questions, store, args.questions)
+        result = fit(store, [(q.question, gold[q.question] if q.is_sufficient else []) for q in questions],
+                     k=args.k, threshold=args.threshold, progress=not args.json)
+        store.save_relevance(result.model)
+        if args.json:
+            print_json(result.to_dict())
+            return 0
+        model = result.model
+        print(f"fitted the {store.retrieval.retriever} retriever's relevance model on {result.positives} supporting "
+              f"and {result.negatives} other candidate pages of {len(questions)} question(s):")
+        for name, weight in zip(model.features, model.weights):
+            print(f"  {name:<18}{weight:>9.4f}")
+        print(f"  {'bias':<18}{model.bias:>9.4f}\n  threshold {model.threshold}")
+        print(f"on these questions: {result.answerable_kept:.0%} of answerable ones keep a gold page, "
+              f"{result.unanswerable_refused:.0%} of unanswerable ones are refused; kept in {store.home}/manifest.json")
     return 0
 
 

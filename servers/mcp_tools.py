@@ -3,21 +3,21 @@
 Every tool answers with a `CallToolResult`: its first text block is the result as JSON, `structuredContent` is the
 same object (the tool's output schema describes it), and images follow, each after a one-line label. A whole
 result, base64 images included, stays under `ServingSettings.max_result_bytes`, since desktop clients drop larger
-ones: images are downscaled (PNG, or JPEG where PNG is too big), search thumbnails beyond the cap are left out,
-and the result's `note` says what was left out and how to get it; text arguments, which results and errors echo,
-have a length cap in the input schema (maxLength). A user error (an unknown page, a bad box, an
-empty query) is a tool error (`isError`) whose text is the one sentence pagelens raised, naming the input and the fix.
+ones. Pages and crops are shown at their seen size (`tools.regions.smart_resize`, the size the agent and the
+LangChain tools show them at), as PNG, or JPEG where PNG is too big, and only where neither fits, smaller by the
+same rule; search thumbnails beyond the cap are left out; the result's `note` says what was left out and how to get
+it. Text arguments, which results and errors echo, have a length cap in the input schema (maxLength). A user error
+(an unknown page, a bad box, an empty query) is a tool error (`isError`) whose text is the one sentence pagelens
+raised, naming the input and the fix.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
@@ -28,9 +28,10 @@ from pydantic import BaseModel, Field
 from pagelens.errors import BadInputError, NotFoundError, PageLensError
 from pagelens.servers.settings import ServingSettings
 from pagelens.tools.corpus.store import PageStore
-from pagelens.tools.imagefiles import encode_image, load_page_image
+from pagelens.tools.imagefiles import EncodedImage, ImageFormat, load_page_image
 from pagelens.tools.pages import Box, Page
-from pagelens.tools.regions import SeenImage, crop
+from pagelens.tools.regions import (IMAGE_FACTOR, MAX_PIXELS, MIN_PIXELS, SeenImage, crop, fit_for_model,
+                                    resize_for_model)
 from pagelens.tools.untrusted import delimit
 
 if TYPE_CHECKING:  # the graph (LangGraph) loads only when a client connects; see mcp_server.build_server
@@ -49,9 +50,10 @@ _RESERVE = 4096
 # The JSON around one labelled image besides the label and the base64: {"type":"text","text":…},
 # {"type":"image","data":…,"mimeType":"image/jpeg"}.
 _BLOCKS = 96
-# An image is always given at least this much, so downscaling ends (a 1x1 PNG is under 100 bytes).
+# An image is always given at least this much, so downscaling ends: the smallest seen size, 28x28, is under
+# 3.5 KB as base64 in either format.
 _MIN_IMAGE_BUDGET = 4096
-ImageFormat = Literal["png", "jpeg"]
+_SMALLEST = (IMAGE_FACTOR, IMAGE_FACTOR)
 
 
 @dataclass
@@ -168,23 +170,18 @@ def _cost(model: BaseModel) -> int:
     return len(json.dumps(_text(model))) + len(model.model_dump_json().encode())
 
 
-def _scaled(image: Image.Image, factor: float) -> Image.Image:
-    size = (max(1, int(image.width * factor)), max(1, int(image.height * factor)))
-    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+def _seen_bounds(max_pixels: int) -> dict[str, int]:
+    """smart_resize's bounds for an area cap, which may be below the usual least area (MIN_PIXELS)."""
+    return {"min_pixels": min(MIN_PIXELS, max_pixels), "max_pixels": max_pixels}
 
 
 @dataclass(frozen=True)
 class Fitted:
-    """An image encoded for a result: its bytes and format, the size sent, and the size before fitting the cap."""
+    """An image encoded for a result, the size sent, and the size before fitting the cap."""
 
-    data: bytes
-    format: ImageFormat
+    encoded: EncodedImage
     size: tuple[int, int]
     wanted: tuple[int, int]
-
-    @property
-    def mime_type(self) -> str:
-        return f"image/{self.format}"
 
     def note(self, cap: int) -> str:
         """Empty unless the image was downscaled to fit the result size cap."""
@@ -195,43 +192,27 @@ class Fitted:
 
 
 def fit_image(image: Image.Image, budget: int, formats: Sequence[ImageFormat] = ("png", "jpeg")) -> Fitted:
-    """The image in the first of `formats` (lossless PNG first) whose base64 fits `budget` bytes, downscaled until
-    one does."""
-    wanted = image.size
+    """The image in the first of `formats` (lossless PNG first) whose base64 fits `budget` bytes; where none does,
+    the image shown smaller, at the seen size (smart_resize) of a smaller area, until one does."""
     budget = max(budget, _MIN_IMAGE_BUDGET)
+    sent = image
     while True:
         for image_format in formats:
-            data = encode_image(image, image_format)
-            if _b64(len(data)) <= budget:
-                return Fitted(data, image_format, image.size, wanted)
-        # Encoded size grows about with the area; aim a little below the budget so one more round is rare.
-        image = _scaled(image, min(0.9, 0.95 * math.sqrt(budget / _b64(len(data)))))
+            encoded = EncodedImage.encode(sent, image_format)
+            if _b64(len(encoded.data)) <= budget or sent.size == _SMALLEST:
+                return Fitted(encoded, sent.size, image.size)
+        # Encoded size grows about with the area; aim a little below the budget so one more round is rare. Each
+        # round resizes the original, so the pixels sent are those of one resize, as the agent would make them.
+        area = max(1, int(sent.width * sent.height * min(0.81, 0.9 * budget / _b64(len(encoded.data)))))
+        sent = resize_for_model(image, **_seen_bounds(area))
 
 
-def fit_page(page: Page, budget: int, *, max_pixels: int | None = None,
-             formats: Sequence[ImageFormat] = ("png", "jpeg")) -> Fitted:
-    """A stored page image for a result: the stored JPEG itself when it fits `budget` and `max_pixels` (exact and
-    not re-encoded), else the page decoded, shrunk to `max_pixels` and fitted by fit_image."""
-    within = max_pixels is None or page.width * page.height <= max_pixels
-    if within:
-        try:
-            stored = page.image_path.read_bytes()
-        except OSError:
-            raise NotFoundError(f"the image of page {page.page_id} is missing; index {page.document} again.") from None
-        if _b64(len(stored)) <= budget:
-            return Fitted(stored, "jpeg", (page.width, page.height), (page.width, page.height))
-    image = load_page_image(page.image_path)
-    if max_pixels is not None and not within:
-        image = _scaled(image, math.sqrt(max_pixels / (image.width * image.height)))
-    return fit_image(image, budget, formats)
-
-
-def _result(model: BaseModel, images: Sequence[tuple[str, bytes, str]] = ()) -> CallToolResult:
-    """The model as JSON text and as structuredContent, then each (label, image bytes, MIME type)."""
+def _result(model: BaseModel, images: Sequence[tuple[str, EncodedImage]] = ()) -> CallToolResult:
+    """The model as JSON text and as structuredContent, then each labelled image."""
     content: list[ContentBlock] = [TextContent(type="text", text=_text(model))]
-    for label, data, mime_type in images:
+    for label, image in images:
         content.append(TextContent(type="text", text=label))
-        content.append(ImageContent(type="image", data=base64.b64encode(data).decode("ascii"), mime_type=mime_type))
+        content.append(ImageContent(type="image", data=image.base64, mime_type=image.mime_type))
     return CallToolResult(content=content, structured_content=model.model_dump(mode="json"))
 
 
@@ -257,9 +238,9 @@ def _page(store: PageStore, page_id: str) -> Page:
                             f"gave.") from None
 
 
-def _thumbnail(page: Page) -> bytes:
+def _thumbnail(page: Page) -> EncodedImage:
     try:
-        return page.thumbnail_path.read_bytes()
+        return EncodedImage(page.thumbnail_path.read_bytes(), "jpeg")
     except OSError:
         raise NotFoundError(f"the thumbnail of page {page.page_id} is missing; index {page.document} again.") from None
 
@@ -295,13 +276,13 @@ def search_pages(
              for h in hits]
     cap = shared.serving.max_result_bytes
     budget = cap - _RESERVE - _cost(SearchResult(query=query, hits=found, thumbnails=len(hits), note=""))
-    images: list[tuple[str, bytes, str]] = []
-    for rank, (hit, data) in enumerate(zip(hits, thumbnails), start=1):
+    images: list[tuple[str, EncodedImage]] = []
+    for rank, (hit, thumbnail) in enumerate(zip(hits, thumbnails), start=1):
         label = f"[{rank}] {_label(hit.page)}"
-        budget -= _b64(len(data)) + len(json.dumps(label)) + _BLOCKS
+        budget -= _b64(len(thumbnail.data)) + len(json.dumps(label)) + _BLOCKS
         if budget < 0:
             break
-        images.append((label, data, "image/jpeg"))
+        images.append((label, thumbnail))
     note = ""
     if not hits:
         note = "no page matches; list_documents shows what is indexed."
@@ -315,13 +296,14 @@ def view_page(
     ctx: Context,
     page_id: Annotated[str, Field(description="the page, as search_pages or list_documents give it",
                                   max_length=MAX_NAME_CHARS)],
-    max_pixels: Annotated[int | None, Field(description=f"largest image area (width x height) to return, at least "
-                                                        f"{MIN_VIEW_PIXELS}; default: the stored page, downscaled "
-                                                        f"only to fit the result size cap")] = None,
+    max_pixels: Annotated[int, Field(description=f"largest image area (width x height) to return, at least "
+                                                 f"{MIN_VIEW_PIXELS}; the default is the size pagelens' agent sees "
+                                                 f"a page at (Qwen2.5-VL's, sides multiples of {IMAGE_FACTOR})")
+                          ] = MAX_PIXELS,
 ) -> Annotated[CallToolResult, PageView]:
     """Show one indexed page as an image, with its size. Boxes for crop_region may be given in this image's
     pixels by passing its width and height as seen_width and seen_height."""
-    if max_pixels is not None and max_pixels < MIN_VIEW_PIXELS:
+    if max_pixels < MIN_VIEW_PIXELS:
         raise ToolError(f"max_pixels={max_pixels} is too small; give at least {MIN_VIEW_PIXELS} pixels or leave it "
                         f"empty.")
     with _using(ctx) as shared:
@@ -329,10 +311,11 @@ def view_page(
         cap = shared.serving.max_result_bytes
         view = PageView(page_id=page.page_id, document=page.document, page_number=page.page_number,
                         page_width=page.width, page_height=page.height, width=0, height=0, mime_type="", note="")
-        image = fit_page(page, cap - _RESERVE - _cost(view), max_pixels=max_pixels)
-    view = view.model_copy(update={"width": image.size[0], "height": image.size[1], "mime_type": image.mime_type,
-                                   "note": image.note(cap)})
-    return _result(view, [(_label(page), image.data, image.mime_type)])
+        shown, _ = fit_for_model(load_page_image(page.image_path), page.page_id, **_seen_bounds(max_pixels))
+    image = fit_image(shown, cap - _RESERVE - _cost(view))
+    view = view.model_copy(update={"width": image.size[0], "height": image.size[1],
+                                   "mime_type": image.encoded.mime_type, "note": image.note(cap)})
+    return _result(view, [(_label(page), image.encoded)])
 
 
 def crop_region(
@@ -378,9 +361,9 @@ def crop_region(
                     page_width=page.width, page_height=page.height, box=region["box"],
                     normalized=region["normalized"], width=0, height=0, mime_type="", note="")
     image = fit_image(cut.image, cap - _RESERVE - _cost(view))
-    view = view.model_copy(update={"width": image.size[0], "height": image.size[1], "mime_type": image.mime_type,
-                                   "note": image.note(cap)})
-    return _result(view, [(f"crop of {_label(page, region['box'])}", image.data, image.mime_type)])
+    view = view.model_copy(update={"width": image.size[0], "height": image.size[1],
+                                   "mime_type": image.encoded.mime_type, "note": image.note(cap)})
+    return _result(view, [(f"crop of {_label(page, region['box'])}", image.encoded)])
 
 
 def list_documents(ctx: Context) -> Annotated[CallToolResult, DocumentList]:
@@ -436,18 +419,26 @@ def ask(
     share = (cap - _RESERVE - text) // max(1, len(cited))
     fitted = [fit_image(image, share) for image in pixels]
     for entry, image in zip(entries, fitted):
-        entry.width, entry.height, entry.mime_type = image.size[0], image.size[1], image.mime_type
+        entry.width, entry.height, entry.mime_type = image.size[0], image.size[1], image.encoded.mime_type
     answer.note = next((note for image in fitted if (note := image.note(cap))), "")
-    return _result(answer, [(label, image.data, image.mime_type) for label, image in zip(labels, fitted)])
+    return _result(answer, [(label, image.encoded) for label, image in zip(labels, fitted)])
 
 
 # -- the page resource ------------------------------------------------------------------------------------------------
 def page_resource(page_id: str, ctx: Context) -> bytes:
-    """An indexed page's image (JPEG), page_id as search_pages and list_documents give it."""
+    """An indexed page's stored image (JPEG), page_id as search_pages and list_documents give it."""
     shared: PageLensContext = ctx.request_context.lifespan_context
+    budget = shared.serving.max_result_bytes - _RESERVE
     try:
         page = _page(shared.store, page_id)
-        return fit_page(page, shared.serving.max_result_bytes - _RESERVE, formats=("jpeg",)).data
+        try:
+            stored = page.image_path.read_bytes()
+        except OSError:
+            raise NotFoundError(f"the image of page {page.page_id} is missing; index {page.document} again.") from None
+        # The stored file itself, exact and not re-encoded, unless it is over the cap.
+        if _b64(len(stored)) <= budget:
+            return stored
+        return fit_image(load_page_image(page.image_path), budget, formats=("jpeg",)).encoded.data
     except NotFoundError as error:
         raise ResourceNotFoundError(str(error)) from None
     except PageLensError as error:

@@ -11,8 +11,10 @@ production server; this one serves the same wire format from two backends that n
   slow model would. There is no model behind it, so it reports no token counts
   (`usage: null`) and no probabilities (`logprobs: null`, even when asked), rather than invent them.
 
-Requests are validated here, the same way for both backends, so a client bug shows up against the replay
-backend too: images must be inline base64 data URLs, because nothing can be downloaded. The agent API's limits
+Requests are validated before a backend sees them, by the models the agent API validates with too
+(servers.chat_request): both backends and both servers accept and refuse the same bodies, so a client bug shows up
+against the replay backend too. Images must be inline base64 data URLs, because nothing can be downloaded; the one
+field only this server reads is vLLM's repetition_penalty (PolicyCompletionRequest). The agent API's limits
 hold here too (servers.limits, `[serving]` in pagelens.toml): bodies over max_body_bytes get 413, and a request whose
 images pass max_image_pixels each or max_request_pixels together gets 400 before any image is decoded. With a key
 (`--api-key`, else PAGELENS_POLICY_API_KEY, the key `pagelens ask` sends), /v1 requests without it get 401.
@@ -31,31 +33,24 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
+from pydantic import Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException
 
 from pagelens.errors import BadInputError, PageLensError
-from pagelens.servers.limits import ApiError, EncodedImage, ImageBudget, check_key, read_json, warn_if_exposed
+from pagelens.servers.chat_request import ChatCompletionRequest, ChatMessage, parse_request, read_messages
+from pagelens.servers.limits import ApiError, check_key, read_json, warn_if_exposed
 from pagelens.servers.settings import ServingSettings
 from pagelens.tools.regions import MAX_PIXELS, MIN_PIXELS
 
 DEFAULT_MAX_TOKENS = 1024
 # Where the server's key comes from, as its messages name it.
 KEY_NAMED = "--api-key (PAGELENS_POLICY_API_KEY)"
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    """One validated chat turn: its text and images in order."""
-
-    role: Literal["system", "user", "assistant"]
-    parts: tuple[str | Image.Image, ...]
 
 
 @dataclass(frozen=True)
@@ -124,103 +119,23 @@ def make_backend(backend_name: str, model: str | None = None, script: Path | Non
     raise BadInputError(f"backend {backend_name!r} is not known; use 'transformers' or 'replay'.")
 
 
-@dataclass(frozen=True)
-class ChatRequest:
-    """A validated chat-completions request."""
+class PolicyCompletionRequest(ChatCompletionRequest):
+    """A chat-completions request, plus vLLM's repetition_penalty, which only a policy server reads."""
 
-    model: str
-    messages: list[ChatMessage]
-    params: SamplingParams
-    stream: bool = False
-    include_usage: bool = False
-    logprobs: bool = False
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="a number above 0 up to 10")
 
-
-def parse_chat_request(body: Any, serving: ServingSettings) -> ChatRequest:
-    """Validate an OpenAI chat-completions request body; every problem is one BadInputError or ApiError sentence.
-    Images are decoded only once the whole request is known to be within `serving`'s pixel caps."""
-    if not isinstance(body, dict):
-        raise BadInputError("the request body is not a JSON object; send a chat-completions request.")
-    if not isinstance(body.get("model"), str):
-        raise BadInputError("model is missing; send the served model name (GET /v1/models lists it).")
-    if body.get("n", 1) != 1:
-        raise BadInputError("n must be 1 here; send one request per completion.")
-    if body.get("top_logprobs"):
-        raise BadInputError("top_logprobs is not supported by this server; leave it out or set it to 0.")
-    stop = body.get("stop") or ()
-    stop = (stop,) if isinstance(stop, str) else stop
-    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
-        raise BadInputError("stop must be a string or a list of non-empty strings.")
-    seed = body.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise BadInputError(f"seed {seed!r} is not an integer; send an integer or leave it out.")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    params = SamplingParams(
-        max_tokens=int(_number("max_tokens", max_tokens, DEFAULT_MAX_TOKENS, 1, 1 << 20)),
-        temperature=_number("temperature", body.get("temperature"), 1.0, 0.0, 2.0),
-        top_p=_number("top_p", body.get("top_p"), 1.0, 0.0, 1.0, above_low=True),
-        seed=seed,
-        stop=tuple(stop),
-        repetition_penalty=_number("repetition_penalty", body.get("repetition_penalty"), 1.0, 0.0, 10.0,
-                                   above_low=True),
-    )
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise BadInputError("stream_options is not an object; send {'include_usage': true} or leave it out.")
-    return ChatRequest(model=body["model"], messages=_parse_messages(body.get("messages"), ImageBudget(serving)),
-                       params=params,
-                       stream=body.get("stream") is True, include_usage=options.get("include_usage") is True,
-                       logprobs=body.get("logprobs") is True)
-
-
-def _number(name: str, value: Any, default: float, low: float, high: float, *, above_low: bool = False) -> float:
-    if value is None:
-        return default
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or not (low < value if above_low else low <= value) or value > high:
-        bound = f"above {low:g}" if above_low else f"from {low:g}"
-        raise BadInputError(f"{name} {value!r} is not a number {bound} to {high:g}; fix it or leave it out.")
-    return value
-
-
-def _parse_messages(messages: Any, budget: ImageBudget) -> list[ChatMessage]:
-    if not isinstance(messages, list) or not messages:
-        raise BadInputError("messages must be a non-empty list; send at least one user message.")
-    parsed: list[tuple[Any, list[str | EncodedImage]]] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise BadInputError(f"{where} is not an object; send {{'role': ..., 'content': ...}}.")
-        role = {"developer": "system"}.get(message.get("role"), message.get("role"))
-        if role not in ("system", "user", "assistant"):
-            raise BadInputError(f"{where}.role is {message.get('role')!r}; use system, user or assistant "
-                                "(send tool observations as user messages).")
-        content = message.get("content")
-        if content is None and role == "assistant":
-            parts: list[str | EncodedImage] = []
-        elif isinstance(content, str):
-            parts = [content]
-        elif isinstance(content, list):
-            parts = [_parse_part(part, f"{where}.content[{j}]", budget) for j, part in enumerate(content)]
-        else:
-            raise BadInputError(f"{where}.content is not a string or a list of parts; send text or parts.")
-        parsed.append((role, parts))
-    # Every image has passed the caps: only now is any decoded.
-    return [ChatMessage(role, tuple(part.decode() if isinstance(part, EncodedImage) else part for part in parts))
-            for role, parts in parsed]
-
-
-def _parse_part(part: Any, where: str, budget: ImageBudget) -> str | EncodedImage:
-    kind = part.get("type") if isinstance(part, dict) else None
-    if kind == "text" and isinstance(part.get("text"), str):
-        return part["text"]
-    if kind == "image_url":
-        url = part.get("image_url")
-        url = url.get("url") if isinstance(url, dict) else url
-        if isinstance(url, str):
-            return budget.read(url, f"{where}.image_url.url")
-    raise BadInputError(f"{where} is not a text part or an image_url part; send "
-                        "{'type': 'text', 'text': ...} or {'type': 'image_url', 'image_url': {'url': ...}}.")
+    @property
+    def params(self) -> SamplingParams:
+        """The request's sampling, the defaults where it leaves a field out (max_completion_tokens before
+        max_tokens, as OpenAI reads them)."""
+        stop = self.stop or ()
+        return SamplingParams(
+            max_tokens=self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=self.seed,
+            stop=(stop,) if isinstance(stop, str) else tuple(stop),
+            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty)
 
 
 class Recorder:
@@ -283,14 +198,15 @@ def create_app(backend: PolicyBackend, *, serving: ServingSettings, api_key: str
             body = await read_json(request, serving.max_body_bytes)
             if record is not None:
                 await run_in_threadpool(record.write, body)
-            chat = await run_in_threadpool(parse_chat_request, body, serving)
+            chat = await run_in_threadpool(parse_request, PolicyCompletionRequest, body)
             if chat.model != backend.name:
                 raise ApiError(404, f"model {chat.model!r} is not served here; use {backend.name!r}.",
                                "not_found_error", "model", "model_not_found")
+            messages = await run_in_threadpool(read_messages, chat, serving)
             if chat.stream:
-                items = await run_in_threadpool(backend.stream, chat.messages, chat.params)
+                items = await run_in_threadpool(backend.stream, messages, chat.params)
                 return EventSourceResponse(_events(_chunks(chat, backend.name, items)), sep="\n")
-            generation = await run_in_threadpool(backend.generate, chat.messages, chat.params)
+            generation = await run_in_threadpool(backend.generate, messages, chat.params)
         except ApiError as exc:
             return _error(exc)
         except BadInputError as exc:
@@ -312,7 +228,7 @@ def create_app(backend: PolicyBackend, *, serving: ServingSettings, api_key: str
     return app
 
 
-def _chunks(chat: ChatRequest, model: str, items: Iterator[str | Generation]) -> Iterator[dict]:
+def _chunks(chat: PolicyCompletionRequest, model: str, items: Iterator[str | Generation]) -> Iterator[dict]:
     """chat.completion.chunk objects: the role, the deltas, the finish (with logprobs), then usage if asked."""
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": model, **({"usage": None} if chat.include_usage else {})}

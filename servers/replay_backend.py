@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pagelens.errors import BadInputError
-from pagelens.servers.policy_server import ChatMessage, Generation, SamplingParams, ScriptExhaustedError, TokenLogprob
+from pagelens.servers.chat_request import ChatMessage
+from pagelens.servers.policy_server import Generation, SamplingParams, ScriptExhaustedError, TokenLogprob
 
 
 def _words(text: str) -> list[str]:

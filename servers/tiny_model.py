@@ -76,7 +76,7 @@ def build_tiny_qwen25vl(folder: Path, *, vocabulary: Literal["qwen", "small"] = 
     model writes noise (tests/training/test_sft_end_to_end.py).
     """
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
     if hidden_size < 64 or hidden_size % 64:
         raise BadInputError(f"hidden size {hidden_size} is not a positive multiple of 64; give for example 64 or 128.")
@@ -92,37 +92,7 @@ def build_tiny_qwen25vl(folder: Path, *, vocabulary: Literal["qwen", "small"] = 
     tokenizer = _tokenizer(vocab, merges)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
 
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": hidden_size,
-            "intermediate_size": 2 * hidden_size,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 32768,
-            # the three mrope sections (time, height, width) must sum to half the head size (hidden / 4 heads)
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0,
-                                "mrope_section": [hidden_size // 32, 3 * hidden_size // 64, 3 * hidden_size // 64]},
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-            "tie_word_embeddings": True,
-        },
-        vision_config={
-            "depth": 1,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": hidden_size,
-            "fullatt_block_indexes": [0],
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,  # the embedding is nearly all of the weights; one copy halves the folder
-    )
+    config = _backbone_config(tokenizer, "qwen2.5-vl", hidden_size)
     with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller's generator
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config).eval()
@@ -144,6 +114,44 @@ def build_tiny_qwen25vl(folder: Path, *, vocabulary: Literal["qwen", "small"] = 
         "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
     }, indent=2))
     return folder
+
+
+def _backbone_config(tokenizer, backbone: Literal["qwen2-vl", "qwen2.5-vl"], hidden_size: int):
+    """The toy-sized Qwen2.5-VL (or Qwen2-VL) config of SPEC §8 for `tokenizer`: two language layers `hidden_size`
+    wide, a one-block vision tower 32 wide, the Qwen2.5-VL special tokens at the tokenizer's ids."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 32768,
+        # the three mrope sections (time, height, width) must sum to half the head size (hidden / 4 heads)
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0,
+                            "mrope_section": [hidden_size // 32, 3 * hidden_size // 64, 3 * hidden_size // 64]},
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "tie_word_embeddings": True,
+    }
+    tokens = {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": True,  # the embedding is nearly all of the weights; one copy halves the folder
+    }
+    if backbone == "qwen2.5-vl":
+        return Qwen2_5_VLConfig(text_config=text, vision_config={
+            "depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": hidden_size,
+            "fullatt_block_indexes": [0]}, **tokens)
+    # Qwen2-VL's vision tower names its width embed_dim and its output hidden_size
+    return Qwen2VLConfig(text_config=text, vision_config={
+        "depth": 1, "embed_dim": 32, "hidden_size": hidden_size, "mlp_ratio": 2, "num_heads": 2}, **tokens)
 
 
 def _qwen_vocabulary(size: int | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -220,7 +228,6 @@ def _tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]):
     return tokenizer
 
 
-
 def build_tiny_colqwen2(folder: Path, *, backbone: Literal["qwen2-vl", "qwen2.5-vl"] = "qwen2.5-vl", seed: int = 0,
                         vocabulary: Literal["qwen", "small"] = "qwen", embedding_dim: int = 128) -> Path:
     """Write a random-weight ColQwen2 retriever (transformers' `ColQwen2ForRetrieval` and `ColQwen2Processor`) to
@@ -232,7 +239,7 @@ def build_tiny_colqwen2(folder: Path, *, backbone: Literal["qwen2-vl", "qwen2.5-
     to ColQwen2) and `AutoProcessor`. The same `seed` gives the same weights. Returns `folder`.
     """
     import torch
-    from transformers import ColQwen2Config, ColQwen2ForRetrieval, ColQwen2Processor, Qwen2_5_VLConfig, Qwen2VLConfig
+    from transformers import ColQwen2Config, ColQwen2ForRetrieval, ColQwen2Processor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     if backbone not in ("qwen2-vl", "qwen2.5-vl"):
@@ -242,26 +249,7 @@ def build_tiny_colqwen2(folder: Path, *, backbone: Literal["qwen2-vl", "qwen2.5-
     if vocabulary not in ("qwen", "small"):
         raise BadInputError(f"vocabulary {vocabulary!r} is not known; use 'qwen' or 'small'.")
     tokenizer = _tokenizer(*(_qwen_vocabulary() if vocabulary == "qwen" else _small_vocabulary()))
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    hidden = 64
-    text = {
-        "vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 32768,
-        # the three mrope sections must sum to half the head size (SPEC §8)
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
-        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
-        "tie_word_embeddings": True,
-    }
-    tokens = {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
-              "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
-              "tie_word_embeddings": True}
-    if backbone == "qwen2.5-vl":
-        vlm = Qwen2_5_VLConfig(text_config=text, vision_config={
-            "depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": hidden,
-            "fullatt_block_indexes": [0]}, **tokens)
-    else:  # Qwen2-VL's vision tower names its width embed_dim and its output hidden_size
-        vlm = Qwen2VLConfig(text_config=text, vision_config={
-            "depth": 1, "embed_dim": 32, "hidden_size": hidden, "mlp_ratio": 2, "num_heads": 2}, **tokens)
+    vlm = _backbone_config(tokenizer, backbone, hidden_size=64)
     config = ColQwen2Config(vlm_config=vlm, embedding_dim=embedding_dim)
     with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller's generator
         torch.manual_seed(seed)

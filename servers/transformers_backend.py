@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pagelens.errors import BadInputError
-from pagelens.servers.policy_server import ChatMessage, Generation, SamplingParams, TokenLogprob
+from pagelens.servers.chat_request import ChatMessage
+from pagelens.servers.policy_server import Generation, SamplingParams, TokenLogprob
 from pagelens.tools.regions import MAX_PIXELS, MIN_PIXELS
 
 _DONE = object()

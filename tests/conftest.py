@@ -14,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REALWORLD = REPO / "tests" / "data" / "realworld"
 SAMPLE = REPO / "servers" / "sample"
+FIELD = REPO / "tests" / "data" / "field"
 
 
 @pytest.fixture(scope="session")
@@ -80,17 +81,28 @@ def tiny_qwen(tmp_path_factory) -> Path:
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny_qwen"), vocabulary="qwen")
 
 
-@pytest.fixture(scope="session")
-def sample_home(tmp_path_factory) -> Path:
-    """A store holding the indexed sample corpus, built once; a test that writes to it uses `sample_copy`."""
+def _indexed_store(tmp_path_factory, folder: Path) -> Path:
+    """Index the PDFs in `folder` into a new store under the session's temporary folder; returns its home."""
     from pagelens.tools.corpus.ingest import index_paths
     from pagelens.tools.corpus.store import PageStore, StoreSettings
 
-    home = tmp_path_factory.mktemp("sample-home") / "store"
+    home = tmp_path_factory.mktemp(f"{folder.name}-home") / "store"
     with PageStore(StoreSettings(home=home)) as store:
-        report = index_paths(store, sorted(SAMPLE.glob("*.pdf")), progress=False)
+        report = index_paths(store, sorted(folder.glob("*.pdf")), progress=False)
     assert not report.failures
     return home
+
+
+@pytest.fixture(scope="session")
+def sample_home(tmp_path_factory) -> Path:
+    """A store holding the indexed sample corpus, built once; a test that writes to it uses `sample_copy`."""
+    return _indexed_store(tmp_path_factory, SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def field_home(tmp_path_factory) -> Path:
+    """A store holding the indexed field corpus (tests/data/field), built once; tests only read it."""
+    return _indexed_store(tmp_path_factory, FIELD)
 
 
 @pytest.fixture
@@ -101,7 +113,6 @@ def sample_copy(sample_home, tmp_path) -> Path:
     home = tmp_path / "sample-store"
     shutil.copytree(sample_home, home)
     return home
-
 
 
 @contextlib.contextmanager

@@ -160,6 +160,11 @@ class Hit:
     """The probability that the page supports an answer (tools/retrieval/relevance.py); None when not judged."""
     routes: dict[str, dict] = field(default_factory=dict)
     """Where each retrieval route that found the page ranked it: {route: {"rank", "score"}}."""
+    supported: bool | None = None
+    """Whether `relevance` reaches the relevance model's threshold: the page supports an answer (the relevance
+    filter keeps it); None when not judged."""
+    evidence: dict[str, float] = field(default_factory=dict)
+    """The normalised scores the relevance was computed from, by name (tools/retrieval/relevance.py)."""
 
     def to_dict(self) -> dict:
         return {
@@ -168,6 +173,8 @@ class Hit:
             "page_number": self.page.page_number,
             "score": round(self.score, 6),
             "relevance": None if self.relevance is None else round(self.relevance, 4),
+            "supported": self.supported,
+            "evidence": {name: round(value, 4) for name, value in self.evidence.items()},
             "routes": self.routes,
             "snippet": self.snippet,
             "image_path": str(self.page.image_path),

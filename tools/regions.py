@@ -1,5 +1,9 @@
 """Crop and zoom (SPEC §1): size images the way Qwen2.5-VL does, and map boxes between seen images and pages.
 
+`smart_resize` is the one rule for the size a model is shown an image at (the seen size), and `resize_for_model`
+the one way to apply it: the agent, the LangChain tools and the MCP server all show pages and crops through them,
+so each reports the same seen size for the same page or crop.
+
 Every image sent to a model is described by a SeenImage: the page region it shows and its size in pixels as the
 model saw it. A bbox the model returns is mapped to the page through that record, so a crop of a crop maps
 through the crop that was seen, not through the page (the reference bug SPEC §1 names).
@@ -145,6 +149,13 @@ def _resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS)
 
 
+def resize_for_model(
+    image: Image.Image, *, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
+    """`image` at its seen size, smart_resize of its size within the bounds (unchanged when already that size)."""
+    return _resize(image, smart_resize(image.width, image.height, min_pixels=min_pixels, max_pixels=max_pixels))
+
+
 def crop(
     image: Image.Image,
     page_id: str,
@@ -190,7 +201,7 @@ def crop(
         _check_aspect(
             cut.width, cut.height, f"the cut of box {box.as_list()}", "make the box less elongated or pass zoom=False"
         )
-        cut = _resize(cut, smart_resize(cut.width, cut.height, min_pixels=min_pixels, max_pixels=max_pixels))
+        cut = resize_for_model(cut, min_pixels=min_pixels, max_pixels=max_pixels)
 
     cut_box = Box(float(left), float(top), float(right), float(bottom))
     shown = Region.from_page_box(page_id, cut_box, page_width, page_height)
@@ -207,8 +218,8 @@ def fit_for_model(
     """Resize a whole page image to Qwen2.5-VL's size for it, with the SeenImage that records the view."""
     page_width, page_height = image.size
     _check_aspect(page_width, page_height, f"page {page_id}", "render it as several pages or crop it first")
-    size = smart_resize(page_width, page_height, min_pixels=min_pixels, max_pixels=max_pixels)
-    return _resize(image, size), SeenImage.whole_page(page_id, page_width, page_height, *size)
+    fitted = resize_for_model(image, min_pixels=min_pixels, max_pixels=max_pixels)
+    return fitted, SeenImage.whole_page(page_id, page_width, page_height, *fitted.size)
 
 
 def render_seen(image: Image.Image, seen: SeenImage) -> Image.Image:

@@ -56,8 +56,16 @@ def test_evisrag_protocol_gives_well_formed_one_shot_responses(store):
     result = agent.ask(QUESTIONS[2]["question"])
     observe = [s for s in result.steps if s.kind == "observe"]
     assert len(observe) == 1 and parse_evisrag(observe[0].text).well_formed
-    assert len(result.images) == 5 and not any(image.is_crop for image in result.images)
+    assert not any(image.is_crop for image in result.images)
     assert cites_gold(QUESTIONS[2], result) and "4.2" in result.answer
+    # The relevance filter (on for evisrag) shows only the pages that support an answer, and the trace names the
+    # candidates it left out; without it, the five best pages.
+    search = next(s for s in result.steps if s.kind == "search")
+    assert 1 <= len(result.images) < 5 and all(image.supported for image in result.images)
+    assert len(result.images) + len(search.detail["filtered_out"]) == min(20, len(store.pages()))  # the candidates
+    assert all(page["relevance"] < store.retrieval.relevance_threshold for page in search.detail["filtered_out"])
+    unfiltered = Agent(store, ExtractivePolicy(), AgentSettings(protocol="evisrag", relevance_filter="off"))
+    assert len(unfiltered.ask(QUESTIONS[2]["question"]).images) == 5
 
 
 def test_vrag_protocol_answers_without_evidence(store):

@@ -235,7 +235,7 @@ def test_bodies_images_and_messages_over_the_limits_are_refused(servers):
         api.chat.completions.create(model="pagelens", messages=ask("x" * (33 * 1024 * 1024)))
     assert big.value.status_code == 413
     huge = png_url(Image.new("1", (8000, 6000)))  # 48M pixels, over the 40M default; a few KB as PNG
-    with pytest.raises(openai.BadRequestError, match=r"messages\[0\].content\[1\] is a 8000x6000 image"):
+    with pytest.raises(openai.BadRequestError, match=r"messages\[0\].content\[1\].image_url.url is a 8000x6000 image"):
         api.chat.completions.create(model="pagelens", messages=ask("What is this?", huge))
     with pytest.raises(openai.BadRequestError, match="does not download images"):
         api.chat.completions.create(model="pagelens", messages=ask("What is this?", "https://example.com/p.png"))
@@ -243,8 +243,8 @@ def test_bodies_images_and_messages_over_the_limits_are_refused(servers):
     # before any is decoded (decoded, these 288M pixels took the server from 0.85 to a 4 GB peak).
     peak = _peak_memory(servers["api_pid"])
     square = png_url(Image.new("1", (6000, 6000)))  # a few KB as PNG, 108 MB decoded
-    with pytest.raises(openai.BadRequestError, match=r"images up to messages\[0\].content\[2\] hold 72,000,000 "
-                                                     r"pixels, over the 64,000,000-pixel limit for one request"):
+    with pytest.raises(openai.BadRequestError, match=r"images up to messages\[0\].content\[2\].image_url.url hold "
+                                                     r"72,000,000 pixels, over the 64,000,000-pixel limit"):
         api.chat.completions.create(model="pagelens", messages=ask("What is this?", *[square] * 8))
     assert _peak_memory(servers["api_pid"]) - peak < 50 * 1024 * 1024
     with pytest.raises(openai.BadRequestError, match="end with a user message"):
@@ -352,3 +352,69 @@ def test_a_failing_policy_endpoint_is_a_502(servers):
     stream = client(url).chat.completions.create(model="pagelens", messages=ask("FAIL-LATER please"), stream=True)
     with pytest.raises(openai.APIError, match="answered HTTP 500"):
         list(stream)
+
+
+# --- the same validation as the policy server (servers.chat_request) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory, pagelens_server) -> Iterator[str]:
+    """A replay policy server, to send the agent API's requests to: its model is "replay"."""
+    folder = tmp_path_factory.mktemp("replay")
+    (folder / "script.json").write_text(json.dumps(["<answer>42</answer>"] * 4))
+    with pagelens_server(folder, "policy", "--backend", "replay", "--script", "script.json") as url:
+        yield url
+
+
+def post(url: str, body: object) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+
+
+def part(kind: str, **fields: object) -> dict:
+    return {"type": kind, **fields}
+
+
+PNG = png_url(Image.new("RGB", (28, 28)))
+
+
+@pytest.mark.parametrize("fields", [
+    {"messages": []},
+    {"messages": ["Revenue?"]},
+    {"messages": [{"role": "tool", "content": "42"}, *ask("Revenue?")]},
+    {"messages": [{"role": "user"}]},
+    {"messages": [{"role": "user", "content": 5}]},
+    {"messages": [{"role": "user", "content": [part("input_audio", input_audio={})]}]},
+    {"messages": [{"role": "user", "content": [part("text")]}]},
+    {"messages": [{"role": "user", "content": [part("text", text="What?"), part("image_url", image_url=PNG)]}]},
+    {"messages": [{"role": "assistant", "content": [part("image_url", image_url={"url": PNG})]}, *ask("Revenue?")]},
+    {"messages": ask("What?", "https://example.com/p.png")},
+    {"messages": ask("What?", "file:///etc/passwd")},
+    {"messages": ask("What?", "data:image/png;base64,not base64!")},
+    {"model": None},
+    {"n": 2}, {"temperature": 5}, {"top_p": 0}, {"max_tokens": 0}, {"max_completion_tokens": 1.5}, {"stop": [""]},
+    {"seed": "3"}, {"stream": "yes"}, {"stream_options": 3}, {"logprobs": "yes"}, {"top_logprobs": 2},
+], ids=lambda fields: ",".join(fields))
+def test_both_servers_refuse_a_bad_request_with_the_same_sentence(servers, replay, fields):
+    agent, policy = (post(url, {"model": model, "messages": ask("Revenue?"), **fields})
+                     for url, model in ((servers["api"], "pagelens"), (replay, "replay")))
+    error = agent.json()["error"]
+    assert agent.status_code == policy.status_code == 400 and agent.json() == policy.json()
+    assert error["type"] == "invalid_request_error" and error["message"].startswith(error["param"])
+
+
+def test_both_servers_accept_the_same_request_and_keep_their_own_rules(servers, replay):
+    body = {"messages": [{"role": "developer", "content": "Be brief."}, *ask("What was Northwind's revenue?", PNG)],
+            "max_completion_tokens": 64, "temperature": 0, "top_p": 1, "stop": "\n\n", "seed": 1, "n": 1,
+            "stream_options": None, "logprobs": None, "top_logprobs": 0, "user": "fields no server reads pass"}
+    assert post(servers["api"], {"model": "pagelens", **body}).status_code == 200
+    assert post(replay, {"model": "replay", **body}).status_code == 200
+    # The agent API's own rule: the last message is the question; a policy may be asked to go on from any turn.
+    ends_with_reply = {**body, "messages": [*body["messages"], {"role": "assistant", "content": "It was"}]}
+    refused = post(servers["api"], {"model": "pagelens", **ends_with_reply})
+    assert refused.status_code == 400 and refused.json()["error"]["message"] == (
+        "messages ends with a message of role 'assistant'; end with a user message holding the question.")
+    assert post(replay, {"model": "replay", **ends_with_reply}).status_code == 200
+    # The policy server's own field, vLLM's repetition_penalty: checked there, a field the agent API does not read.
+    assert post(replay, {"model": "replay", **body, "repetition_penalty": 0}).json()["error"]["message"] == (
+        "repetition_penalty is 0; use a number above 0 up to 10.")
+    assert post(servers["api"], {"model": "pagelens", **body, "repetition_penalty": 0}).status_code == 200

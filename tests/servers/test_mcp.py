@@ -29,8 +29,11 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
 from PIL import Image
 
+from pagelens.graph.langchain import pagelens_tools
 from pagelens.servers.config import Settings, load_settings
 from pagelens.servers.mcp_server import build_server, mcp_config
+from pagelens.tools.corpus.store import PageStore
+from pagelens.tools.regions import IMAGE_FACTOR, smart_resize
 
 pytestmark = pytest.mark.anyio
 
@@ -231,12 +234,13 @@ async def test_results_stay_under_the_cap_with_huge_requests(client):
     assert not found.is_error and len(found.structured_content["hits"]) == 12
     assert found.structured_content["thumbnails"] == 12 and len(_images(found)) == 12
     assert _size(found) < CAP
-    # The scanned invoice is ~1.5 MB as PNG: only choosing its format and size keeps the result under 1 MiB.
+    # The scanned invoice is ~1.5 MB as PNG: only choosing its format keeps the result under 1 MiB.
     for page_id in (pages[INVOICE][0], pages[NORTHWIND][1]):
         shown = await client.call_tool("view_page", {"page_id": page_id, "max_pixels": 10**12})
         view = shown.structured_content
         assert not shown.is_error and _size(shown) < CAP
-        assert (view["width"], view["height"]) == (view["page_width"], view["page_height"]) == _images(shown)[0].size
+        full = smart_resize(view["page_width"], view["page_height"], max_pixels=10**12)
+        assert (view["width"], view["height"]) == full == _images(shown)[0].size and view["note"] == ""
         assert view["mime_type"] in ("image/png", "image/jpeg")
 
 
@@ -252,6 +256,8 @@ async def test_small_cap_downscales_and_leaves_thumbnails_out(sample_home, tmp_p
         shown = await small.call_tool("view_page", {"page_id": invoice})
         view = shown.structured_content
         assert _size(shown) < cap and view["width"] < view["page_width"] and "downscaled" in view["note"]
+        # Made smaller by the seen-size rule itself, so the size still is one a model is shown.
+        assert view["width"] % IMAGE_FACTOR == view["height"] % IMAGE_FACTOR == 0
         assert _images(shown)[0].size == (view["width"], view["height"])
         answered = await small.call_tool("ask", {"question": "What was Northwind's revenue in Europe in Q3 2023?"})
         result = answered.structured_content
@@ -278,6 +284,39 @@ async def test_crop_maps_a_box_given_in_seen_pixels(client):
     assert _images(unzoomed)[0].size == (200, 100)
     clamped = await client.call_tool("crop_region", {"page_id": page_id, "box": [1000, 1400, 5000, 5000]})
     assert clamped.structured_content["box"] == [1000, 1400, 1224, 1584]
+
+
+async def test_mcp_and_langchain_show_a_page_and_a_crop_at_the_same_seen_size(sample_home, tmp_path_factory):
+    """One rule sizes what a model is shown (tools.regions.smart_resize): on one open store, the MCP server (through
+    the SDK's client) and the LangChain tools show the same page and the same crop at the same size, and say so."""
+    settings = _settings(_copy(sample_home, tmp_path_factory.mktemp("mcp-langchain")))
+    with PageStore(settings.store, settings.retrieval) as store:
+        tools = {tool.name: tool for tool in pagelens_tools(store)}
+        async with Client(build_server(settings, store)) as client:
+            found = await tools["search_pages"].ainvoke({"type": "tool_call", "id": "call-1", "name": "search_pages",
+                                                         "args": {"query": "quarterly revenue by region Europe",
+                                                                  "k": 1}})
+            hit = found.artifact[0]
+            assert (hit["document"], hit["page_number"]) == (NORTHWIND, 2)
+            viewed = await client.call_tool("view_page", {"page_id": hit["page_id"]})
+            view = viewed.structured_content
+            seen = (hit["seen_width"], hit["seen_height"])
+            assert (view["width"], view["height"]) == seen == _images(viewed)[0].size
+            assert seen == smart_resize(view["page_width"], view["page_height"]) and view["note"] == ""
+
+            # The Europe row of Table 1, read off the page as both showed it.
+            box = [round(v * seen[0] / view["page_width"], 2) for v in (160, 356, 1060, 394)]
+            cropped = await client.call_tool("crop_region", {"page_id": hit["page_id"], "box": box,
+                                                             "seen_width": seen[0], "seen_height": seen[1]})
+            zoomed = await tools["crop_page"].ainvoke({"type": "tool_call", "id": "call-2", "name": "crop_page",
+                                                       "args": {"page_id": hit["page_id"], "x1": box[0],
+                                                                "y1": box[1], "x2": box[2], "y2": box[3],
+                                                                "seen_width": seen[0], "seen_height": seen[1]}})
+    mcp, langchain = cropped.structured_content, zoomed.artifact
+    assert mcp["box"] == langchain["box"] and mcp["note"] == ""
+    assert (mcp["width"], mcp["height"]) == (langchain["width"], langchain["height"]) == _images(cropped)[0].size
+    sent = Image.open(BytesIO(base64.b64decode(zoomed.content[1]["base64"])))
+    assert sent.size == (mcp["width"], mcp["height"]) and mcp["width"] % IMAGE_FACTOR == 0
 
 
 async def test_bad_input_is_one_sentence_and_the_server_keeps_serving(client):

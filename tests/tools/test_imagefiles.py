@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 import os
@@ -14,6 +15,7 @@ from PIL import Image, ImageDraw
 from pagelens.errors import BadInputError, NotFoundError
 from pagelens.tools.imagefiles import (
     PAGE_SUFFIX,
+    EncodedImage,
     encode_image,
     load_page_image,
     save_page_image,
@@ -140,3 +142,12 @@ def test_jpeg_encoding_is_file_bytes():
 def test_unknown_encoding_is_refused():
     with pytest.raises(BadInputError, match="'gif' is not supported"):
         encode_image(text_page(20, 20), "gif")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("format", ["png", "jpeg"])
+def test_an_encoded_image_travels_as_base64_and_a_data_url(format):
+    page = text_page(120, 80)
+    encoded = EncodedImage.encode(page, format)
+    assert encoded.data == encode_image(page, format) and encoded.mime_type == f"image/{format}"
+    assert base64.b64decode(encoded.base64) == encoded.data
+    assert encoded.data_url == f"data:image/{format};base64,{encoded.base64}"

@@ -20,6 +20,7 @@ from pagelens.tools.regions import (
     crop,
     fit_for_model,
     from_page_box,
+    resize_for_model,
     smart_resize,
     to_page_box,
 )
@@ -109,6 +110,41 @@ def test_smart_resize_lands_in_bounds_on_the_grid(size):
     new_width, new_height = smart_resize(*size)
     assert new_width % IMAGE_FACTOR == 0 and new_height % IMAGE_FACTOR == 0
     assert MIN_PIXELS <= new_width * new_height <= MAX_PIXELS
+
+
+@given(sizes())
+def test_smart_resize_keeps_the_aspect_ratio_within_one_grid_step_a_side(size):
+    # Each side lands within one multiple of 28 of the same scaling of the original, so the ratio moves no further.
+    width, height = size
+    new_width, new_height = smart_resize(width, height)
+    assert (new_width - IMAGE_FACTOR) * height <= width * (new_height + IMAGE_FACTOR)
+    assert width * (new_height - IMAGE_FACTOR) <= (new_width + IMAGE_FACTOR) * height
+
+
+@given(sizes(1, 200))
+def test_smart_resize_upscales_tiny_images_to_the_least_area(size):
+    new_width, new_height = smart_resize(*size)
+    assert new_width >= size[0] and new_height >= size[1]
+    # At least the least area, and at most one grid step a side above it (19x19 takes the whole step: Qwen's float
+    # arithmetic scales 19 to 448.0000001, which ceils to 476).
+    assert (new_width - IMAGE_FACTOR) * (new_height - IMAGE_FACTOR) <= MIN_PIXELS <= new_width * new_height
+    assert smart_resize(1, 1) == (448, 448)  # 448 * 448 = 256 * 28 * 28, exactly the least area
+
+
+@given(sizes(5000, 20_000, max_ratio=4), st.integers(1, 64))
+def test_smart_resize_shrinks_big_images_into_any_pixel_budget(size, tokens):
+    budget = tokens * IMAGE_FACTOR * IMAGE_FACTOR
+    new_width, new_height = smart_resize(*size, min_pixels=budget, max_pixels=budget)
+    assert new_width * new_height <= budget and new_width % IMAGE_FACTOR == new_height % IMAGE_FACTOR == 0
+
+
+def test_resize_for_model_gives_the_seen_size_and_leaves_a_seen_image_alone():
+    page = coordinate_page(*LETTER_144)
+    shown = resize_for_model(page)
+    assert shown.size == smart_resize(*LETTER_144) == (532, 700)
+    assert resize_for_model(shown) is shown
+    small = resize_for_model(page, min_pixels=28 * 28, max_pixels=64 * 28 * 28)
+    assert small.size == smart_resize(*LETTER_144, min_pixels=28 * 28, max_pixels=64 * 28 * 28)
 
 
 def test_smart_resize_takes_width_first():

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from pagelens.errors import BadInputError
-from pagelens.tools.corpus.ingest import index_paths
 from pagelens.tools.corpus.store import PageStore, StoreSettings
 from pagelens.tools.retrieval.cache import MemoryIndex
 from pagelens.tools.retrieval.lexical import query_terms, term_id
@@ -24,15 +23,6 @@ from pagelens.training.metrics import recall_at
 
 FIELD = Path(__file__).resolve().parents[1] / "data" / "field"
 ROUTES = ("dense", "bm25", "page-bm25", "page-dense")
-
-
-@pytest.fixture(scope="module")
-def field_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("field-home") / "store"
-    with PageStore(StoreSettings(home=home)) as store:
-        report = index_paths(store, sorted(FIELD.glob("*.pdf")), progress=False)
-    assert not report.failures
-    return home
 
 
 def _recalls(home: Path, questions_file: Path, embedder) -> dict[str, tuple[float, float]]:

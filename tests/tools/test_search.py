@@ -49,7 +49,8 @@ def test_hits_carry_page_fields_and_snippets(sample_store, questions, embedder):
     assert len(hits) == 4
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     data = hits[0].to_dict()
-    assert set(data) == {"page_id", "document", "page_number", "score", "relevance", "routes", "snippet", "image_path"}
+    assert set(data) == {"page_id", "document", "page_number", "score", "relevance", "supported", "evidence", "routes",
+                         "snippet", "image_path"}
     assert 0 <= data["relevance"] <= 1
     assert data["snippet"] and set(tokenize(data["snippet"])) & set(tokenize(q["question"]))
 

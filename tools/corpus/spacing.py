@@ -86,11 +86,15 @@ def _words(match: re.Match[str]) -> str:
     return " ".join(words)
 
 
-def respace(text: str) -> str:
-    """The text with the spaces OCR dropped put back (see the module docstring)."""
+def space_marks(text: str) -> str:
+    """Step 1 alone: spaces after punctuation and at letter/digit and case boundaries, no word splitting."""
     text = re.sub(r"([,;:])(?=[^\s\d])", r"\1 ", text)
     text = re.sub(r"(?<=\d),(?=\d{1,2}\b|\d{4,}\b)", ", ", text)
     text = re.sub(r"\.(?=[A-Z][a-z])", ". ", text)
     text = re.sub(r"(?<=[A-Za-z]{2})(?=\d)|(?<=\d)(?=[A-Za-z]{2})(?!(?:st|nd|rd|th)\b)", " ", text)
-    text = re.sub(r"(?<=[a-z]{2})(?=[A-Z][a-z])", " ", text)
-    return re.sub(r"(?<![A-Za-z])[A-Za-z][a-z]+(?![A-Za-z])", _words, text)
+    return re.sub(r"(?<=[a-z]{2})(?=[A-Z][a-z])", " ", text)
+
+
+def respace(text: str) -> str:
+    """The text with the spaces OCR dropped put back (see the module docstring)."""
+    return re.sub(r"(?<![A-Za-z])[A-Za-z][a-z]+(?![A-Za-z])", _words, space_marks(text))

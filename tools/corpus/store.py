@@ -1,7 +1,8 @@
 """The page store: one folder holding the catalogue, the page images, the vectors and a manifest.
 
 Layout under `home` (PAGELENS_HOME, default ./.pagelens):
-    manifest.json      pagelens version, store format, embedders, chunking, default dpi
+    manifest.json      pagelens version, store format, embedders, chunking, default dpi, retriever, and the
+                       relevance model `pagelens calibrate` fitted (if any)
     catalog.sqlite     documents, sources, pages (text lines with boxes), passages
     milvus.db/         Milvus Lite (unless a Milvus server URI is given)
     pages/<doc>-<version>/p<N>.jpg, thumbs/<doc>-<version>/p<N>.jpg
@@ -31,6 +32,7 @@ from pagelens.tools.corpus.owners import Heartbeat, is_alive, this_process
 from pagelens.tools.imagefiles import PAGE_SUFFIX
 from pagelens.tools.pages import Document, Page, TextLine
 from pagelens.tools.retrieval.cache import MemoryIndex, saved_generation
+from pagelens.tools.retrieval.relevance import RelevanceModel
 from pagelens.tools.retrieval.settings import RetrievalSettings
 from pagelens.tools.retrieval.multivector import MultiVectorStore
 from pagelens.tools.retrieval.multivector_memory import MultiVectorIndex
@@ -162,6 +164,8 @@ class PageStore:
                                          vision_pooling=vision.get("pooling") or "wmean",
                                          token_pooling=vision.get("token_pooling") or 0)
                 expected = self._expected_manifest()
+            if "relevance" in found:  # fitted for this store by `pagelens calibrate`
+                self.retrieval = self.retrieval.with_relevance(RelevanceModel.from_manifest(found["relevance"]))
             diffs = [f"{k} {found.get(k)!r} (now {v!r})" for k, v in expected.items() if found.get(k) != v]
             if diffs:
                 raise StoreError(
@@ -174,6 +178,17 @@ class PageStore:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**expected, "pagelens": __version__}, indent=2))
         os.replace(tmp, path)
+
+    def save_relevance(self, model: RelevanceModel) -> None:
+        """Keep a relevance model fitted for this store (`pagelens calibrate`) in its manifest: later searches use it."""
+        with opening_lock(self.home):
+            path = self.home / "manifest.json"
+            manifest = json.loads(path.read_text())
+            manifest["relevance"] = model.to_manifest()
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(manifest, indent=2))
+            os.replace(tmp, path)
+        self.retrieval = self.retrieval.with_relevance(model)
 
     def _wipe(self) -> None:
         for name in ("manifest.json", "catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):

@@ -13,6 +13,7 @@ when k exist.
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from collections.abc import Iterable
 
 from pagelens.errors import BadInputError, NotFoundError
@@ -20,10 +21,11 @@ from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.pages import Hit
 from pagelens.tools.retrieval.embedders import TextEmbedder, make_embedder
 from pagelens.tools.retrieval.lexical import query_terms, query_vector, term_id, tokenize
-from pagelens.tools.retrieval.relevance import PageEvidence, coverage, query_weights
+from pagelens.tools.retrieval.relevance import PageEvidence, coverage, keep_relevant, query_weights, route_features
 from pagelens.tools.retrieval.vectors import VectorHit
 
 MAX_K = 100
+FILTER_CANDIDATES = 20  # pages the relevance filter judges (MIRAGE filters its retriever's candidate list)
 SNIPPET_CHARS = 240
 
 
@@ -64,29 +66,51 @@ class Retriever:
                 best.setdefault(page_id, hit.pk)
         passages = self.store.catalog.passages(best[p] for p in ranked if p in best)
         similarity = {page_id: hit.score for page_id, hit in rankings.get("dense", [])}
-        evidence = self.page_evidence(query, ranked, similarity)
+        evidence = self.page_evidence(query, ranked, rankings)
         model = self.store.retrieval.relevance
         placed = {route: {page_id: {"rank": rank, "score": round(hit.score, 6)}
                           for rank, (page_id, hit) in enumerate(ranking, start=1)}
                   for route, ranking in rankings.items()}
-        return [
-            Hit(pages[p], fused[p], snippet(passages[best[p]].text if best.get(p) in passages else "", query),
-                similarity.get(p, 0.0), model.probability(evidence[p]),
-                {route: found[p] for route, found in placed.items() if p in found})
-            for p in ranked
-            if p in pages
-        ]
+        hits = []
+        for p in ranked:
+            if p not in pages:
+                continue
+            relevance = model.probability(evidence[p])
+            hits.append(Hit(pages[p], fused[p],
+                            snippet(passages[best[p]].text if best.get(p) in passages else "", query),
+                            similarity.get(p, 0.0), relevance,
+                            {route: found[p] for route, found in placed.items() if p in found},
+                            relevance >= model.threshold, asdict(evidence[p])))
+        return hits
 
-    def page_evidence(self, query: str, page_ids: list[str], similarity: dict[str, float]) -> dict[str, PageEvidence]:
-        """The normalised scores the relevance model reads (tools/retrieval/relevance.py), per page."""
+    def filtered(self, query: str, k: int = 5, document: str | None = None) -> tuple[list[Hit], list[Hit]]:
+        """MIRAGE's relevance filter (SPEC §6): of the best FILTER_CANDIDATES pages (or k, if more), those the
+        relevance model says support an answer, at most k in rank order; when none does, the most probable one.
+        Returns (kept, candidates): every candidate's decision shows in its `relevance` and `supported`."""
+        candidates = self.search(query, max(k, FILTER_CANDIDATES), document)
+        kept = keep_relevant([hit.relevance for hit in candidates], self.store.retrieval.relevance.threshold, k)
+        return [candidates[i] for i in kept], candidates
+
+    def page_evidence(self, query: str, page_ids: list[str],
+                      rankings: dict[str, list[tuple[str, VectorHit]]]) -> dict[str, PageEvidence]:
+        """The normalised scores the relevance model reads (tools/retrieval/relevance.py), per page, from the
+        routes' rankings of this query (`route_rankings`)."""
         terms = query_terms(query)
         catalog = self.store.catalog
         weights = query_weights(terms, catalog.document_frequencies(terms), catalog.passage_count())
         passages = catalog.page_terms(page_ids)
+        similarity = {page_id: hit.score for page_id, hit in rankings.get("dense", [])}
+        # MIRAGE's scores come from the retriever's own route: the page image's for a vision retriever.
+        own = rankings.get("vision" if self.store.retrieval.vision else "dense", [])
+        scores = {page_id: hit.score for page_id, hit in own}
+        # A page the route did not list scores as its last candidate: at most that, by the route's own ranking.
+        floor = min(scores.values(), default=0.0)
+        listed = list(scores.values()) + [floor for p in page_ids if p not in scores]
+        mirage = dict(zip(list(scores) + [p for p in page_ids if p not in scores], route_features(listed)))
         return {
             p: PageEvidence(coverage(weights, frozenset().union(*passages[p])),
                             max((coverage(weights, t) for t in passages[p]), default=0.0),
-                            min(1.0, max(0.0, similarity.get(p, 0.0))))
+                            min(1.0, max(0.0, similarity.get(p, 0.0))), *mirage[p])
             for p in page_ids
         }
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from pagelens.errors import BadInputError
-from pagelens.tools.retrieval.relevance import RelevanceModel
+from pagelens.tools.retrieval.relevance import TEXT_FEATURES, RelevanceModel
 
 
 RETRIEVERS = ("text", "colqwen", "vlm", "text+colqwen", "text+vlm")
@@ -44,29 +44,33 @@ class RetrievalSettings:
     """Fusion weight of the vision route."""
     vision_candidates: int = 16
     """Pages each query vector nominates (from an ANN search of the page vectors) for exact MaxSim."""
-    relevance_weights: tuple[float, float, float] = (3.1453, 2.1534, 0.8379)
-    """The relevance model's weights of page coverage, passage coverage and similarity (tools/retrieval/relevance.py;
-    fitted by benchmarks/relevance.py)."""
+    relevance_weights: tuple[float, ...] = (3.1453, 2.1534, 0.8379)
+    """The relevance model's weight of each of `relevance_features` (tools/retrieval/relevance.py; these defaults
+    fitted by benchmarks/relevance.py). A store calibrated by `pagelens calibrate` uses its own, from its manifest."""
+    relevance_features: tuple[str, ...] = TEXT_FEATURES
+    """The normalised scores the relevance model reads (tools/retrieval/relevance.py names them)."""
     relevance_bias: float = -2.6108
     """The relevance model's bias."""
     relevance_threshold: float = 0.31
-    """A page whose relevance probability reaches this supports an answer; below it on every page, the offline
-    policy answers "insufficient to answer"."""
+    """A page whose relevance probability reaches this supports an answer: the relevance filter keeps it, and below
+    it on every page the offline policy answers "insufficient to answer"."""
     memory_index: Literal["auto", "on", "off"] = "auto"
     """Serve searches from an exact in-memory copy of the vectors ("auto": on for Milvus Lite, whose per-call
     latency is 100+ ms at 100k vectors; off for a Milvus server, which searches its own index)."""
 
     def __post_init__(self) -> None:
-        try:  # a config file gives a list
+        try:  # a config file gives lists
             weights = tuple(float(w) for w in self.relevance_weights)
+            features = tuple(str(f) for f in self.relevance_features)
         except (TypeError, ValueError):
-            weights = ()
-        if len(weights) != 3:
-            raise BadInputError(f"relevance_weights={self.relevance_weights!r} must be three numbers (page coverage, "
-                                f"passage coverage, similarity).")
+            raise BadInputError(f"relevance_weights={self.relevance_weights!r} must be numbers, one for each of "
+                                f"relevance_features.") from None
+        if len(weights) != len(features):
+            raise BadInputError(f"relevance_weights={self.relevance_weights!r} must be {len(features)} numbers, one "
+                                f"for each of relevance_features {features}.")
         object.__setattr__(self, "relevance_weights", weights)
-        if not 0 < self.relevance_threshold < 1:
-            raise BadInputError(f"relevance_threshold={self.relevance_threshold} must lie between 0 and 1.")
+        object.__setattr__(self, "relevance_features", features)
+        self.relevance  # noqa: B018  (refuses unknown features, or a threshold outside (0, 1))
         if self.passage_tokens < 16 or self.passage_tokens > 256:
             raise BadInputError(f"passage_tokens={self.passage_tokens} is out of range; use 16 to 256.")
         if self.candidates < 1:
@@ -90,7 +94,12 @@ class RetrievalSettings:
 
     @property
     def relevance(self) -> RelevanceModel:
-        return RelevanceModel(self.relevance_weights, self.relevance_bias, self.relevance_threshold)
+        return RelevanceModel(self.relevance_weights, self.relevance_bias, self.relevance_threshold,
+                              self.relevance_features)
+
+    def with_relevance(self, model: RelevanceModel) -> RetrievalSettings:
+        return replace(self, relevance_weights=model.weights, relevance_bias=model.bias,
+                       relevance_threshold=model.threshold, relevance_features=model.features)
 
     @property
     def vision(self) -> str | None:
