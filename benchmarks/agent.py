@@ -21,12 +21,12 @@ from types import SimpleNamespace
 from pagelens.graph import nodes
 from pagelens.graph.build import Agent, sqlite_checkpointer
 from pagelens.graph.policies.extractive import ExtractivePolicy
-from pagelens.graph.policy import Completion, PolicyRequest
+from pagelens.graph.policies.interface import Completion, PolicyRequest
 from pagelens.graph.settings import AgentSettings
-from pagelens.servers.demo import load_questions, sample_folder
+from pagelens.servers.cli.demo import load_questions, sample_folder
 from pagelens.tools.corpus.ingest import index_paths
 from pagelens.tools.corpus.store import PageStore, StoreSettings
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 
 GOAL_MS_PER_TURN = 5.0
 RUNS = 30

@@ -30,7 +30,7 @@ import openai
 
 from pagelens.graph.build import Agent
 from pagelens.graph.policies.extractive import ExtractivePolicy
-from pagelens.servers.demo import answer_tokens, load_questions, sample_folder
+from pagelens.servers.cli.demo import answer_tokens, load_questions, sample_folder
 from pagelens.tools.corpus.ingest import index_paths
 from pagelens.tools.corpus.store import PageStore, StoreSettings
 

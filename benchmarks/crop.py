@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from pagelens.tools.imagefiles import PAGE_SUFFIX, encode_image, load_page_image, save_page_image
-from pagelens.tools.pages import Box
+from pagelens.tools.boxes import Box
 from pagelens.tools.regions import crop
 
 PDF_NAME = "026-latex-multicolumn_multicolumn.pdf"

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from pagelens.tools.retrieval.multivector import MultiVectorStore
-from pagelens.tools.retrieval.multivector_memory import MultiVectorIndex
+from pagelens.tools.retrieval.multivector_index import MultiVectorIndex
 
 DIM = 128
 PAGES_PER_TOPIC = 50  # five 10-page documents on one subject share its visual vocabulary

@@ -61,18 +61,19 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 from pagelens.servers.config import load_settings
-from pagelens.servers.demo import load_questions, sample_folder
-from pagelens.servers.mcp_server import build_server
+from pagelens.servers.cli.demo import load_questions, sample_folder
+from pagelens.servers.mcp.server import build_server
 from pagelens.tools.corpus.catalog import NewPage, PassageRow
 from pagelens.tools.corpus.ingest import index_paths
 from pagelens.tools.corpus.store import PageStore, StoreSettings
 from pagelens.tools.imagefiles import encode_image, load_page_image
-from pagelens.tools.pages import Box, Page, TextLine, page_id_for
+from pagelens.tools.boxes import Box
+from pagelens.tools.pages import Page, TextLine, page_id_for
 from pagelens.tools.regions import crop
 from pagelens.tools.retrieval.embedders import MiniLMEmbedder
 from pagelens.tools.retrieval.lexical import passage_vector, tokenize
 from pagelens.tools.retrieval.passages import split_passages
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 from pagelens.tools.retrieval.vectors import VectorRow
 
 GOAL_P50_MS = 50.0

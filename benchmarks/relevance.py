@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval import corpus_paths, open_store  # noqa: E402  (a sibling benchmark script)
 
 from pagelens.tools.retrieval.relevance import PageEvidence, RelevanceModel  # noqa: E402
-from pagelens.tools.retrieval.search import Retriever  # noqa: E402
+from pagelens.tools.search import Retriever  # noqa: E402
 from pagelens.tools.retrieval.settings import RetrievalSettings  # noqa: E402
 from pagelens.training.evaluate import gold_page_ids, read_questions  # noqa: E402
 

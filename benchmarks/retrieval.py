@@ -11,7 +11,7 @@ and `manuals` (2,182 pages of real man pages rendered as PDFs, made by benchmark
 The defaults (route weights, passage size, BM25 parameters) were chosen on `sample` and `field`; `manuals` is
 reported, not tuned on.
 
-    python benchmarks/retrieval.py [--corpora sample,field,manuals] [--cache DIR] [--json FILE]
+    python benchmarks/retrieval.py [--corpora sample,field,manuals] [--embedder NAME] [--cache DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import bm25s
 
-from pagelens.servers.demo import sample_folder
+from pagelens.servers.cli.demo import sample_folder
 from pagelens.tools.corpus.ingest import index_paths
 from pagelens.tools.corpus.store import PageStore, StoreSettings
 from pagelens.tools.corpus.text import page_text
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 from pagelens.tools.retrieval.settings import RetrievalSettings
 from pagelens.training.evaluate import gold_page_ids, read_questions
 from pagelens.training.metrics import mrr_at, recall_at
@@ -119,13 +119,15 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/pagelens/bench")
     parser.add_argument("--passage-tokens", type=int, default=RetrievalSettings().passage_tokens,
                         help="passage size to measure (the stores are cached per size)")
+    parser.add_argument("--embedder", default=RetrievalSettings().embedder,
+                        help="dense text embedder to measure (the stores are cached per embedder)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}; passages of at most {args.passage_tokens} tokens")
+          f"python {platform.python_version()}; {args.embedder}, passages of at most {args.passage_tokens} tokens")
     results = []
     for name in args.corpora.split(","):
-        result = measure(name, args.cache, RetrievalSettings(passage_tokens=args.passage_tokens))
+        result = measure(name, args.cache, RetrievalSettings(embedder=args.embedder, passage_tokens=args.passage_tokens))
         results.append(result)
         print(f"\n{name}: {result['pages']} pages, {result['questions']} answerable questions; indexed in "
               f"{result['index_seconds']} s (0 = cached), bm25s in {result['bm25s_index_seconds']} s")

@@ -153,7 +153,7 @@ class PagelensStep:
               device: str) -> PagelensStep:
         from pagelens.graph.build import Agent
         from pagelens.graph.settings import AgentSettings
-        from pagelens.tools.retrieval.search import Retriever
+        from pagelens.tools.search import Retriever
         from pagelens.training.evaluate import gold_page_ids, read_questions
         from pagelens.training.loop import PolicyTrainer, QuestionStream
         from pagelens.training.rollout import RolloutSampling
@@ -482,7 +482,7 @@ def big_step(tmp: Path, store, args, *, dry_run_tiny: bool) -> dict:
     """One pagelens RS-GRPO step (part 1's path) of the 3B config in bf16 on CUDA, or of the tiny config on the CPU."""
     import torch
 
-    from pagelens.servers.tiny_model import build_tiny_qwen25vl
+    from pagelens.training.tiny_model import build_tiny_qwen25vl
 
     if dry_run_tiny:
         folder, device = build_tiny_qwen25vl(tmp / "dry-tiny", vocabulary="small"), "cpu"
@@ -596,7 +596,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from pagelens.servers.tiny_model import build_tiny_qwen25vl
+    from pagelens.training.tiny_model import build_tiny_qwen25vl
     from pagelens.tools.corpus.store import PageStore, StoreSettings
 
     report: dict = {"machine": machine(), "settings": {k: (str(v) if isinstance(v, Path) else v)

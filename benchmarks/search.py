@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pagelens.tools.retrieval.cache import MemoryIndex
+from pagelens.tools.retrieval.memory_index import MemoryIndex
 from pagelens.tools.retrieval.vectors import VectorRow, VectorStore
 
 DIM = 384

@@ -64,7 +64,7 @@ def _trajectories(folder: Path, runs: int) -> Path:
 
 
 def cpu_tiny(steps: int) -> None:
-    from pagelens.servers.tiny_model import build_tiny_qwen25vl
+    from pagelens.training.tiny_model import build_tiny_qwen25vl
     from pagelens.training.data import read_rows
     from pagelens.training.settings import SFTSettings
     from pagelens.training.sft import train_sft
@@ -92,7 +92,7 @@ def gpu_3b() -> None:
         return
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from pagelens.servers.tiny_model import build_tiny_qwen25vl
+    from pagelens.training.tiny_model import build_tiny_qwen25vl
     from pagelens.training.data import read_rows
     from pagelens.training.settings import SFTSettings
     from pagelens.training.sft import image_only_processor, row_dataset

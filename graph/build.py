@@ -23,13 +23,13 @@ from pagelens.errors import BadInputError
 from pagelens.graph import nodes
 from pagelens.graph.images import PageImages
 from pagelens.graph.nodes import AgentContext
-from pagelens.graph.policy import Policy
+from pagelens.graph.policies.interface import Policy
 from pagelens.graph.protocols import load_protocol
 from pagelens.graph.run import Evidence, RunResult, Step
 from pagelens.graph.settings import AgentSettings
 from pagelens.graph.state import AgentState, InputState, shown_image
 from pagelens.tools.corpus.store import PageStore
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 
 THREADS_FILE = "threads.sqlite"
 # LangGraph counts node executions; a run takes at most about 3 per turn (observe, search or crop) plus a few.

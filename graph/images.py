@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 from cachetools import LRUCache
 from PIL import Image
 
-from pagelens.graph.policy import ShownImage
+from pagelens.graph.policies.interface import ShownImage
 from pagelens.graph.visrag_gen import concatenate
 from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.corpus.text import OcrEngine

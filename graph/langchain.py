@@ -41,9 +41,10 @@ from pagelens.graph.build import Agent
 from pagelens.graph.run import RunResult, Step
 from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.imagefiles import EncodedImage, load_page_image
-from pagelens.tools.pages import Box, Hit
+from pagelens.tools.boxes import Box
+from pagelens.tools.search import Hit
 from pagelens.tools.regions import SeenImage, crop, fit_for_model
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 from pagelens.tools.untrusted import delimit
 
 # -- the retriever ----------------------------------------------------------------------------------------------------

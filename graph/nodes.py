@@ -16,7 +16,7 @@ from langgraph.runtime import Runtime
 from pagelens.errors import BadInputError
 from pagelens.graph.images import PageImages, openai_messages
 from pagelens.graph.parse import Answer, Crop, Invalid, Search, bbox_to_seen_pixels
-from pagelens.graph.policy import Completion, Policy, PolicyRequest, ShownImage
+from pagelens.graph.policies.interface import Completion, Policy, PolicyRequest, ShownImage
 from pagelens.graph.protocols import AgentProtocol
 from pagelens.graph.run import Step
 from pagelens.graph.settings import AgentSettings
@@ -25,7 +25,7 @@ from pagelens.graph.visrag_gen import weighted_selection
 from pagelens.prompts.loader import load_template
 from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.regions import SeenImage, crop as crop_page, smart_resize
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 from pagelens.tools.untrusted import delimit
 
 
@@ -267,10 +267,10 @@ def search(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         messages.append(_user(*parts))
     else:
         messages.append(_user(_text(load_template("search_empty").render(query=query))))
+    detail = {"query": query, "pages": found, **({"filtered_out": dropped} if dropped else {})}
     return {
         "images": images, "messages": messages, "shown_pages": shown_pages,
-        "steps": _step(state, "search", {"query": query, "pages": found, **({"filtered_out": dropped} if dropped else {})},
-                       images=tuple(added), started=started),
+        "steps": _step(state, "search", detail, images=tuple(added), started=started),
     }
 
 

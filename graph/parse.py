@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal, Union
 
 from pagelens.errors import BadInputError
-from pagelens.tools.pages import Box
+from pagelens.tools.boxes import Box
 
 BboxConvention = Literal["pixels", "normalized-1000"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pagelens.graph.policy import ShownImage
-from pagelens.tools.pages import Region
+from pagelens.graph.policies.interface import ShownImage
+from pagelens.tools.boxes import Region
 
 # answered: an answer; insufficient: the policy answered "insufficient to answer"; no_answer: the turn limit was
 # reached without an answer; timeout: the run's deadline passed first.

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Required, TypedDict
 
-from pagelens.graph.policy import ShownImage
-from pagelens.tools.pages import Box, Region
+from pagelens.graph.policies.interface import ShownImage
+from pagelens.tools.boxes import Box, Region
 from pagelens.tools.regions import SeenImage
 
 

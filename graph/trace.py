@@ -22,7 +22,7 @@ import jinja2
 from markupsafe import Markup
 from PIL import Image, ImageDraw
 
-from pagelens.graph.policy import ShownImage
+from pagelens.graph.policies.interface import ShownImage
 from pagelens.graph.run import RunResult
 from pagelens.tools.imagefiles import EncodedImage
 from pagelens.tools.regions import render_seen

@@ -24,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from pagelens.errors import BadInputError, NotFoundError
-from pagelens.graph.policy import ShownImage
+from pagelens.graph.policies.interface import ShownImage
 from pagelens.graph.run import RunResult
 from pagelens.tools.imagefiles import encode_image
 from pagelens.tools.regions import render_seen

@@ -21,16 +21,16 @@ from pagelens.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Box": "pagelens.tools.pages",
-    "Region": "pagelens.tools.pages",
+    "Box": "pagelens.tools.boxes",
+    "Region": "pagelens.tools.boxes",
     "Page": "pagelens.tools.pages",
     "Document": "pagelens.tools.pages",
     "TextLine": "pagelens.tools.pages",
-    "Hit": "pagelens.tools.pages",
+    "Hit": "pagelens.tools.search",
     "PageStore": "pagelens.tools.corpus.store",
     "StoreSettings": "pagelens.tools.corpus.store",
     "index_paths": "pagelens.tools.corpus.ingest",
-    "Retriever": "pagelens.tools.retrieval.search",
+    "Retriever": "pagelens.tools.search",
     "RetrievalSettings": "pagelens.tools.retrieval.settings",
     "crop": "pagelens.tools.regions",
 }
@@ -49,9 +49,10 @@ __all__ = [
 if TYPE_CHECKING:
     from pagelens.tools.corpus.ingest import index_paths
     from pagelens.tools.corpus.store import PageStore, StoreSettings
-    from pagelens.tools.pages import Box, Document, Hit, Page, Region, TextLine
+    from pagelens.tools.boxes import Box, Region
+    from pagelens.tools.pages import Document, Page, TextLine
     from pagelens.tools.regions import crop
-    from pagelens.tools.retrieval.search import Retriever
+    from pagelens.tools.search import Hit, Retriever
     from pagelens.tools.retrieval.settings import RetrievalSettings
 
 

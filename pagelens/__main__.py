@@ -1,3 +1,3 @@
-from pagelens.servers.cli import main
+from pagelens.servers.cli.main import main
 
 raise SystemExit(main())

@@ -1,1 +1,2 @@
-"""The ways in: the command line, and (later) the MCP server and the HTTP APIs."""
+"""The ways in, one folder each: the command line (cli/), the agent API (api/), the MCP server (mcp/) and the policy
+server (policy/); beside them, what several share (settings, limits, the chat request, the terminal)."""

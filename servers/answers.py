@@ -1,4 +1,5 @@
-"""How `pagelens ask` and the demo show a run: progress lines, the answer with its citations, trace and trajectory."""
+"""How a run is shown to a person (`pagelens ask`, the demo, the agent API's answers): progress lines, the answer
+with its citations, trace and trajectory."""
 
 from __future__ import annotations
 

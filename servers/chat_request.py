@@ -6,7 +6,7 @@ messages with system, developer, user or assistant roles; content a string or te
 in user messages, only an assistant message without content; the sampling fields within OpenAI's ranges. Fields
 neither server reads (user, metadata, tools, ...) are ignored, as OpenAI-compatible servers do, so stock clients and
 their extra_body options pass. Each server adds what only it reads in a subclass: the agent API that the last
-message is the question (servers.api_request), the policy server vLLM's repetition_penalty (servers.policy_server).
+message is the question (servers.api.request), the policy server vLLM's repetition_penalty (servers.policy.server).
 
 Bad input is one `ApiError` (HTTP 400, OpenAI's error shape) whose sentence names the field's path in the body,
 what it holds and, from the field's description, what to send. Images are read through servers.limits, which checks
@@ -22,7 +22,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
-from pagelens.servers.limits import ApiError, EncodedImage, ImageBudget
+from pagelens.servers.limits import ApiError, ImageBudget, ReceivedImage
 from pagelens.servers.settings import ServingSettings
 
 _SHAPES = {"text": "{'type': 'text', 'text': ...}",
@@ -138,7 +138,7 @@ def read_messages(request: ChatCompletionRequest, serving: ServingSettings) -> l
                             for j, part in enumerate(message.parts)])
             for i, message in enumerate(request.messages)]
     return [ChatMessage("system" if role == "developer" else role,  # type: ignore[arg-type]
-                        tuple(part.decode() if isinstance(part, EncodedImage) else part for part in parts))
+                        tuple(part.decode() if isinstance(part, ReceivedImage) else part for part in parts))
             for role, parts in read]
 
 

@@ -116,7 +116,7 @@ def warn_if_exposed(host: str, key: str, named: str) -> None:
 
 
 @dataclass(frozen=True)
-class EncodedImage:
+class ReceivedImage:
     """An image of a request, its header read but its pixels not yet decoded."""
 
     where: str
@@ -140,7 +140,7 @@ class ImageBudget:
         self.max_image_pixels, self.max_request_pixels = serving.max_image_pixels, serving.max_request_pixels
         self.pixels = 0
 
-    def read(self, url: str, where: str) -> EncodedImage:
+    def read(self, url: str, where: str) -> ReceivedImage:
         """The image in a base64 data URL, its size read from its header; web addresses are refused (nothing is
         downloaded)."""
         if url.startswith(("http://", "https://")):
@@ -174,7 +174,7 @@ class ImageBudget:
                                 f"{self.max_request_pixels:,}-pixel limit for one request; send fewer or smaller "
                                 "images, or raise max_request_pixels in [serving].", param=where,
                            code="images_too_large")
-        return EncodedImage(where, match[1], data, size)  # type: ignore[arg-type]
+        return ReceivedImage(where, match[1], data, size)  # type: ignore[arg-type]
 
 
 def _unreadable(where: str, kind: str, exc: Exception) -> ApiError:

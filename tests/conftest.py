@@ -76,7 +76,7 @@ def cli(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_qwen(tmp_path_factory) -> Path:
     """A random-weight Qwen2.5-VL checkpoint with the real Qwen2 vocabulary, built once per session."""
-    from pagelens.servers.tiny_model import build_tiny_qwen25vl
+    from pagelens.training.tiny_model import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny_qwen"), vocabulary="qwen")
 

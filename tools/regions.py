@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from pagelens.errors import BadInputError
-from pagelens.tools.pages import Box, Region
+from pagelens.tools.boxes import Box, Region
 
 IMAGE_FACTOR = 28
 MIN_PIXELS = 256 * 28 * 28

@@ -23,7 +23,7 @@ from pagelens.graph.build import Agent
 from pagelens.graph.parse import Invalid, Turn
 from pagelens.graph.run import RunResult
 from pagelens.tools.corpus.store import PageStore
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 from pagelens.training.metrics import answer_metrics, retrieval_metrics
 from pagelens.training.settings import EvalSettings
 

@@ -25,7 +25,7 @@ from pagelens.errors import BadInputError
 from pagelens.graph.build import Agent
 from pagelens.graph.settings import AgentSettings
 from pagelens.tools.corpus.store import PageStore
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 from pagelens.training.evaluate import gold_page_ids, read_questions
 from pagelens.training.judge import Judge, LLMJudge, make_judge
 from pagelens.training.loop import (

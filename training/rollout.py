@@ -53,7 +53,7 @@ from typing import Any
 from pagelens.errors import BadInputError, PageLensError
 from pagelens.graph.build import Agent
 from pagelens.graph.images import LRU
-from pagelens.graph.policy import Completion, PolicyRequest
+from pagelens.graph.policies.interface import Completion, PolicyRequest
 from pagelens.graph.run import RunResult
 
 PATCH_CACHE = 64  # images: a group's pages and their crops, a few dozen

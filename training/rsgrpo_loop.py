@@ -41,7 +41,7 @@ from pathlib import Path
 from pagelens.graph.build import Agent
 from pagelens.graph.settings import AgentSettings
 from pagelens.tools.corpus.store import PageStore
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 from pagelens.training.evaluate import gold_page_ids, read_questions
 from pagelens.training.loop import (
     PolicyTrainer,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pagelens.graph.policy import Policy
+from pagelens.graph.policies.interface import Policy
 from pagelens.graph.settings import PolicySettings
 
 

@@ -28,9 +28,10 @@ from collections.abc import Callable
 
 from pagelens.errors import BadInputError
 from pagelens.graph.parse import INSUFFICIENT, NO_RELEVANT_INFORMATION, Answer, Crop, EvidenceLine, Search, Turn
-from pagelens.graph.policy import Completion, PolicyRequest, ShownImage
+from pagelens.graph.policies.interface import Completion, PolicyRequest, ShownImage
 from pagelens.graph.policies.regions_text import Candidate, regions
-from pagelens.tools.pages import Box, TextLine
+from pagelens.tools.boxes import Box
+from pagelens.tools.pages import TextLine
 from pagelens.tools.regions import from_page_box
 from pagelens.tools.retrieval.lexical import STOP_WORDS, tokenize
 from pagelens.tools.retrieval.passages import name_words

@@ -21,7 +21,7 @@ from typing import TypeVar
 import openai
 
 from pagelens.errors import BadInputError, PolicyError
-from pagelens.graph.policy import Completion, PolicyRequest
+from pagelens.graph.policies.interface import Completion, PolicyRequest
 from pagelens.graph.settings import PolicySettings
 
 # Local servers (vLLM without --api-key, pagelens serve policy) accept any key; the client insists on one.

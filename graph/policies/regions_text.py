@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pagelens.tools.corpus.text import reading_sections
-from pagelens.tools.pages import Box, TextLine
+from pagelens.tools.boxes import Box
+from pagelens.tools.pages import TextLine
 
 # A value printed beside a bar or in a cell: a number with an optional currency, sign and a short unit or two.
 VALUE = re.compile(r"^[$€£]?\s*[-+−(]?[$€£]?\d[\d.,]*\)?(\s*(%|[A-Za-zµ°/²³]{1,10})){0,2}$")

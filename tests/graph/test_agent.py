@@ -14,10 +14,10 @@ from PIL import Image
 from pagelens.errors import PolicyError
 from pagelens.graph.build import Agent, sqlite_checkpointer
 from pagelens.graph.policies.openai_chat import OpenAIChatPolicy
-from pagelens.graph.policy import Completion, PolicyRequest
+from pagelens.graph.policies.interface import Completion, PolicyRequest
 from pagelens.graph.settings import AgentSettings, PolicySettings
 from pagelens.tools.corpus.store import PageStore, StoreSettings
-from pagelens.tools.pages import Box
+from pagelens.tools.boxes import Box
 from pagelens.tools.regions import SeenImage, from_page_box, smart_resize
 
 NORTHWIND = "northwind_annual_report_2023.pdf"

@@ -8,11 +8,12 @@ from pagelens.graph.build import Agent
 from pagelens.graph.parse import parse_evisrag
 from pagelens.graph.policies.extractive import ExtractivePolicy, best_region
 from pagelens.graph.policies.regions_text import regions, split_sentences
-from pagelens.graph.policy import PolicyRequest, ShownImage
+from pagelens.graph.policies.interface import PolicyRequest, ShownImage
 from pagelens.graph.settings import AgentSettings
-from pagelens.servers.demo import answer_tokens, load_questions
+from pagelens.servers.cli.demo import answer_tokens, load_questions
 from pagelens.tools.corpus.store import PageStore, StoreSettings
-from pagelens.tools.pages import Box, TextLine
+from pagelens.tools.boxes import Box
+from pagelens.tools.pages import TextLine
 from pagelens.tools.regions import SeenImage
 
 QUESTIONS = load_questions()

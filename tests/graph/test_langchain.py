@@ -30,9 +30,9 @@ from pagelens.graph.nodes import AgentContext
 from pagelens.graph.policies.extractive import ExtractivePolicy
 from pagelens.graph.settings import AgentSettings
 from pagelens.tools.corpus.store import PageStore, StoreSettings
-from pagelens.tools.pages import Box
+from pagelens.tools.boxes import Box
 from pagelens.tools.regions import SeenImage, from_page_box, smart_resize
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 from pagelens.tools.untrusted import delimit
 
 QUESTIONS = {q["id"]: q for q in json.loads(

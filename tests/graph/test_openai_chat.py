@@ -15,7 +15,7 @@ import pytest
 
 from pagelens.errors import PolicyError
 from pagelens.graph.policies.openai_chat import OpenAIChatPolicy
-from pagelens.graph.policy import PolicyRequest
+from pagelens.graph.policies.interface import PolicyRequest
 from pagelens.graph.settings import PolicySettings
 
 REPLY = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",

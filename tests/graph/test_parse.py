@@ -24,7 +24,7 @@ from pagelens.graph.parse import (
     parse_pagelens,
     parse_vrag,
 )
-from pagelens.tools.pages import Box
+from pagelens.tools.boxes import Box
 
 MULTI_TURN = [parse_vrag, parse_pagelens]
 

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pagelens.errors import BadInputError, NotFoundError
-from pagelens.graph.policy import ShownImage
+from pagelens.graph.policies.interface import ShownImage
 from pagelens.graph.run import Evidence, RunResult, Step
 from pagelens.graph.trajectory import append_trajectory, read_trajectories
-from pagelens.tools.pages import Box
+from pagelens.tools.boxes import Box
 from pagelens.tools.regions import crop, fit_for_model, render_seen
 
 PDF = Path(__file__).resolve().parents[2] / "servers" / "sample" / "northwind_annual_report_2023.pdf"

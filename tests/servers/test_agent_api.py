@@ -30,7 +30,7 @@ import pypdfium2
 import pytest
 from PIL import Image
 
-from pagelens.servers.demo import load_questions, sample_folder
+from pagelens.servers.cli.demo import load_questions, sample_folder
 
 KEY = "test-key"
 QUESTIONS = {q["id"]: q for q in load_questions()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pagelens.servers.limits import AllowedCallers
-from pagelens.servers.mcp_server import transport_security
+from pagelens.servers.mcp.server import transport_security
 
 
 def test_hosts_and_origins_allowed_by_binding_and_settings():

@@ -10,10 +10,10 @@ import io
 import pytest
 from PIL import Image
 
-from pagelens.servers.api_request import AgentCompletionRequest, parse_chat_request
+from pagelens.servers.api.request import AgentCompletionRequest, parse_chat_request
 from pagelens.servers.chat_request import ChatCompletionRequest, ChatMessage, parse_request, read_messages
 from pagelens.servers.limits import ApiError
-from pagelens.servers.policy_server import PolicyCompletionRequest, SamplingParams
+from pagelens.servers.policy.server import PolicyCompletionRequest, SamplingParams
 from pagelens.servers.settings import ServingSettings
 
 

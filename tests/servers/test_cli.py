@@ -34,7 +34,8 @@ def test_search_and_pages_json(cli, indexed):
     assert data["query"] == "two columns lorem ipsum"
     assert len(data["hits"]) == 3
     top = data["hits"][0]
-    assert set(top) == {"page_id", "document", "page_number", "score", "relevance", "routes", "snippet", "image_path"}
+    assert set(top) == {"page_id", "document", "page_number", "score", "relevance", "supported", "evidence", "routes",
+                        "snippet", "image_path"}
     assert top["document"] == "papers/026-latex-multicolumn_multicolumn.pdf" and top["page_number"] == 1
     filtered = json.loads(cli("search", "lorem ipsum", "--document", "papers/004-*", "--json").stdout)
     assert {h["document"] for h in filtered["hits"]} == {"papers/004-pdflatex-4-pages_pdflatex-4-pages.pdf"}

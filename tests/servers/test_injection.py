@@ -26,7 +26,7 @@ from pagelens.graph.policies.extractive import ExtractivePolicy
 from pagelens.graph.protocols import load_protocol
 from pagelens.graph.settings import AgentSettings
 from pagelens.servers.config import load_settings
-from pagelens.servers.mcp_server import build_server
+from pagelens.servers.mcp.server import build_server
 from pagelens.tools.corpus.store import PageStore, StoreSettings
 
 PROTOCOLS = ["pagelens", "vrag", "evisrag"]

@@ -31,7 +31,7 @@ from PIL import Image
 
 from pagelens.graph.langchain import pagelens_tools
 from pagelens.servers.config import Settings, load_settings
-from pagelens.servers.mcp_server import build_server, mcp_config
+from pagelens.servers.mcp.server import build_server, mcp_config
 from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.regions import IMAGE_FACTOR, smart_resize
 

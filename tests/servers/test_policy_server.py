@@ -20,8 +20,8 @@ from PIL import Image
 
 from pagelens.errors import BadInputError, DependencyError
 from pagelens.servers.limits import warn_if_exposed
-from pagelens.servers.replay_backend import load_replay_script
-from pagelens.servers.tiny_model import SPECIAL_TOKENS, build_tiny_qwen25vl
+from pagelens.servers.policy.replay_backend import load_replay_script
+from pagelens.training.tiny_model import SPECIAL_TOKENS, build_tiny_qwen25vl
 from pagelens.tools.regions import smart_resize
 
 OFFICIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,

@@ -14,8 +14,8 @@ import pytest
 
 from pagelens.errors import BadInputError, DependencyError
 from pagelens.graph.settings import AgentSettings
-from pagelens.servers import vllm_launcher
-from pagelens.servers.vllm_launcher import NOT_INSTALLED, needed_model_len, run_vllm, vllm_command
+from pagelens.servers.policy import vllm_launcher
+from pagelens.servers.policy.vllm_launcher import NOT_INSTALLED, needed_model_len, run_vllm, vllm_command
 
 VRAG = "autumncc/Qwen2.5-VL-7B-VRAG"
 MIN_PIXELS, MAX_PIXELS = 256 * 28 * 28, 512 * 28 * 28
@@ -140,7 +140,7 @@ def test_run_vllm_forwards_signals_and_waits(tmp_path, signum):
               f"pathlib.Path({str(ready)!r}).touch(); time.sleep(30)")
     launcher = ("import shutil, sys\n"
                 "shutil.which = lambda name: '/usr/local/bin/' + name  # pretend vLLM is installed\n"
-                "from pagelens.servers.vllm_launcher import run_vllm\n"
+                "from pagelens.servers.policy.vllm_launcher import run_vllm\n"
                 f"sys.exit(run_vllm([sys.executable, '-c', {server!r}]))\n")
     # cwd outside the repo: from its root, `import pagelens` would find the source folder, not the installed package.
     process = subprocess.Popen([sys.executable, "-c", launcher], cwd=tmp_path)

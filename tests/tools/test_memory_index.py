@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pagelens.tools.corpus.ingest import index_paths
-from pagelens.tools.retrieval.cache import IVF_MIN_ROWS, MemoryIndex
+from pagelens.tools.retrieval.memory_index import IVF_MIN_ROWS, MemoryIndex
 from pagelens.tools.retrieval.vectors import VectorRow
 
 DIM = 32

@@ -14,7 +14,7 @@ import pytest
 
 from pagelens.tools.retrieval import multivector
 from pagelens.tools.retrieval.multivector import MultiVectorStore, normalised_maxsim
-from pagelens.tools.retrieval.multivector_memory import MultiVectorIndex, brute_force
+from pagelens.tools.retrieval.multivector_index import MultiVectorIndex, brute_force
 
 DIM = 32
 LONG_PAGE = "a-1"  # 1100 vectors: more than the 1000 the Milvus tutorial reads back

@@ -91,7 +91,7 @@ def test_only_office_documents_and_existing_files_are_converted(tmp_path: Path) 
 @pytest.mark.slow
 def test_index_takes_office_documents_through_libreoffice(tmp_path: Path, open_store, embedder) -> None:
     from pagelens.tools.corpus.ingest import index_paths
-    from pagelens.tools.retrieval.search import Retriever
+    from pagelens.tools.search import Retriever
 
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from pagelens.errors import BadInputError
-from pagelens.tools.pages import Box, Region
+from pagelens.tools.boxes import Box, Region
 from pagelens.tools.regions import (
     IMAGE_FACTOR,
     MAX_PIXELS,

@@ -11,11 +11,11 @@ import pytest
 
 from pagelens.errors import BadInputError
 from pagelens.tools.corpus.store import PageStore, StoreSettings
-from pagelens.tools.retrieval.cache import MemoryIndex
+from pagelens.tools.retrieval.memory_index import MemoryIndex
 from pagelens.tools.retrieval.lexical import query_terms, term_id
 from pagelens.tools.retrieval.passages import name_words
 from pagelens.tools.retrieval.relevance import PageEvidence, RelevanceModel
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 from pagelens.tools.retrieval.settings import RetrievalSettings
 from pagelens.tools.retrieval.vectors import VectorRow, VectorStore, page_row_pk
 from pagelens.training.evaluate import gold_page_ids, read_questions

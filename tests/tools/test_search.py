@@ -11,7 +11,7 @@ from pagelens.errors import BadInputError, NotFoundError
 from pagelens.tools.corpus.ingest import index_paths
 from pagelens.tools.corpus.store import PageStore, StoreSettings
 from pagelens.tools.retrieval.lexical import tokenize
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 
 
 @pytest.fixture(scope="module")

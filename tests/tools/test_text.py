@@ -18,7 +18,8 @@ from pagelens.tools.corpus.text import (
     rapidocr,
     visible_char_count,
 )
-from pagelens.tools.pages import Box, TextLine
+from pagelens.tools.boxes import Box
+from pagelens.tools.pages import TextLine
 
 SCALE = 100 / 72
 FOUR_PAGES = "004-pdflatex-4-pages_pdflatex-4-pages.pdf"

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pagelens.tools.corpus.ingest import index_paths
 from pagelens.tools.corpus.owners import LEASE_SECONDS, Owner, is_alive, this_process
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 
 PDF = "004-pdflatex-4-pages_pdflatex-4-pages.pdf"
 PROTECTED = "005-libreoffice-writer-password_libreoffice-writer-password.pdf"

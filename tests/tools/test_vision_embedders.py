@@ -27,7 +27,7 @@ torch = pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def colqwen(tmp_path_factory) -> dict:
     """A tiny ColQwen2 over each backbone, with the small vocabulary."""
-    from pagelens.servers.tiny_model import build_tiny_colqwen2
+    from pagelens.training.tiny_model import build_tiny_colqwen2
 
     return {backbone: build_tiny_colqwen2(tmp_path_factory.mktemp(f"colqwen2-{backbone}"), backbone=backbone,
                                           vocabulary="small")
@@ -36,7 +36,7 @@ def colqwen(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):
-    from pagelens.servers.tiny_model import build_tiny_qwen25vl
+    from pagelens.training.tiny_model import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("policy"), vocabulary="small")
 
@@ -81,7 +81,7 @@ def test_tiny_colqwen2_reloads_through_the_auto_classes(colqwen, backbone, vlm_t
 def test_tiny_colqwen2_is_deterministic_per_seed(tmp_path):
     from safetensors.numpy import load_file
 
-    from pagelens.servers.tiny_model import build_tiny_colqwen2
+    from pagelens.training.tiny_model import build_tiny_colqwen2
 
     a = load_file(build_tiny_colqwen2(tmp_path / "a", vocabulary="small") / "model.safetensors")
     b = load_file(build_tiny_colqwen2(tmp_path / "b", vocabulary="small") / "model.safetensors")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pagelens.servers.tiny_model import build_tiny_colqwen2
+from pagelens.training.tiny_model import build_tiny_colqwen2
 from pagelens.tools.corpus.store import PageStore, StoreSettings
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 from pagelens.tools.retrieval.settings import RetrievalSettings
 
 SHAPES = {"red_circle": "red", "blue_square": "blue", "green_triangle": "green"}
@@ -119,3 +119,28 @@ def test_mixing_retrievers_and_bad_checkpoints_are_refused_and_change_nothing(cl
                check=False)
     assert proc.returncode == 2 and "not ColQwen2" in proc.stderr and "vlm retriever" in proc.stderr
     assert not (tmp_path / "new" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_calibrating_a_vision_store_fits_on_the_vision_route_score(cli, vision_home, tmp_path):
+    import shutil
+
+    home = tmp_path / "copy"
+    shutil.copytree(vision_home, home)
+    questions = tmp_path / "questions.jsonl"
+    lines = [{"question": f"a {name.replace('_', ' ')} on white", "answers": [name],
+              "pages": [{"document": f"{name}.png", "page": 1}]} for name in SHAPES]
+    lines.append({"question": "What torque is specified for the KX-40 blade root bolts?", "answers": ["1850 Nm"],
+                  "pages": [{"document": "kx40_maintenance_manual.pdf", "page": 2}]})
+    lines.append({"question": "What is the boiling point of liquid helium?", "answers": [], "is_sufficient": False})
+    questions.write_text("\n".join(json.dumps(line) for line in lines))
+    model = json.loads(cli("calibrate", str(questions), "--k", "6", "--json", home=home).stdout)["model"]
+    assert model["features"] == ["page_coverage", "passage_coverage", "similarity", "score", "gap", "z"]
+    assert json.loads((home / "manifest.json").read_text())["relevance"] == model
+    hits = json.loads(cli("search", "a blue square", "-k", "6", "--json", home=home).stdout)["hits"]
+    vision = [hit for hit in hits if "vision" in hit["routes"]]
+    assert len(vision) == 6  # MIRAGE's scores come from the vision route: its MaxSim, the gap to its best, its z
+    for hit in vision:
+        assert hit["evidence"]["score"] == pytest.approx(hit["routes"]["vision"]["score"], abs=1e-4)
+    best = max(vision, key=lambda hit: hit["routes"]["vision"]["score"])
+    assert best["evidence"]["gap"] == pytest.approx(0.0, abs=1e-4) and best["evidence"]["z"] > 0

@@ -34,7 +34,7 @@ GOOD_VRAG = ["<think>find it</think><search>chief executive letter</search>", "<
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory) -> Path:
-    from pagelens.servers.tiny_model import build_tiny_qwen25vl
+    from pagelens.training.tiny_model import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny_small"), vocabulary="small")
 
@@ -140,7 +140,7 @@ def test_rsgrpo_and_grpo_through_the_cli(cli, small_model, questions, sample_cop
     for entry in lines:
         assert {"reward_mean", *REWARD_KEYS, "loss", "kept_groups", "seconds"} <= set(entry)
         assert entry["kept_groups"] == 2
-    from pagelens.servers.transformers_backend import TransformersBackend
+    from pagelens.servers.policy.transformers_backend import TransformersBackend
 
     served = TransformersBackend(out, device="cpu")  # what `pagelens serve policy --backend transformers` loads
     assert served.model.config.model_type == "qwen2_5_vl"

@@ -29,7 +29,7 @@ SEARCH_TURN = "<think>I need the table.</think><search>revenue Europe</search>"
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    from pagelens.servers.tiny_model import build_tiny_qwen25vl
+    from pagelens.training.tiny_model import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny_small"), vocabulary="small")
 

@@ -20,7 +20,7 @@ from pagelens.training.sft import image_only_processor
 @pytest.fixture(scope="module")
 def tiny_small(tmp_path_factory) -> Path:
     """The tiny Qwen2.5-VL with the 400-token vocabulary: training steps take a fraction of a second on the CPU."""
-    from pagelens.servers.tiny_model import build_tiny_qwen25vl
+    from pagelens.training.tiny_model import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny_small"), vocabulary="small")
 

@@ -31,11 +31,11 @@ from pagelens.tools.corpus.catalog import Catalog, PageRow
 from pagelens.tools.corpus.owners import Heartbeat, is_alive, this_process
 from pagelens.tools.imagefiles import PAGE_SUFFIX
 from pagelens.tools.pages import Document, Page, TextLine
-from pagelens.tools.retrieval.cache import MemoryIndex, saved_generation
+from pagelens.tools.retrieval.memory_index import MemoryIndex, saved_generation
 from pagelens.tools.retrieval.relevance import RelevanceModel
 from pagelens.tools.retrieval.settings import RetrievalSettings
 from pagelens.tools.retrieval.multivector import MultiVectorStore
-from pagelens.tools.retrieval.multivector_memory import MultiVectorIndex
+from pagelens.tools.retrieval.multivector_index import MultiVectorIndex
 from pagelens.tools.retrieval.vectors import VectorStore
 from pagelens.tools.retrieval.vision import PageImageEmbedder, make_page_embedder
 
@@ -334,11 +334,11 @@ class PageStore:
         return mode == "on" or (mode == "auto" and self.settings.uses_milvus_lite)
 
     def memory_index(self) -> MemoryIndex:
-        """The passages' search copy for the catalogue's current generation (tools/retrieval/cache.py)."""
+        """The passages' search copy for the catalogue's current generation (tools/retrieval/memory_index.py)."""
         return self._derived(PASSAGE_COPY)
 
     def vision_index(self) -> MultiVectorIndex:
-        """The page images' MaxSim copy for the catalogue's current generation (multivector_memory.py); only for a
+        """The page images' MaxSim copy for the catalogue's current generation (multivector_index.py); only for a
         store with a vision retriever."""
         return self._derived(PAGE_VECTOR_COPY)
 

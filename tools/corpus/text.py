@@ -17,7 +17,8 @@ import pypdfium2
 import pypdfium2.raw as pdfium_c
 
 from pagelens.tools.corpus.spacing import respace
-from pagelens.tools.pages import Box, TextLine
+from pagelens.tools.boxes import Box
+from pagelens.tools.pages import TextLine
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -6,9 +6,11 @@ server (an http:// URI): the passages' (vectors.py) and the page images' vectors
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 
 HNSW_BUILD = {"M": 16, "efConstruction": 200}
+CREATE_WAIT = 30.0  # seconds another process's create of the same collection may take to finish
 # pymilvus pings its channel every 10 s, calls open or not. A gRPC server on its default policy (Milvus Lite's, in
 # this process or as `milvus-lite server`) accepts a ping at most every 5 minutes and none on an idle connection; it
 # counts each early ping as a strike and at the third sends GOAWAY "too_many_pings", failing the calls in flight.
@@ -57,9 +59,13 @@ class Collection(ABC):
             self._client.create_collection(self.collection, schema=schema, index_params=index)
         except MilvusException:
             # Two processes opening a new store on one Milvus server both find no collection; the one that
-            # creates it second fails, and uses the first one's (same schema).
-            if not self._client.has_collection(self.collection):
-                raise
+            # creates it second fails, and uses the first one's (same schema) once the first create has finished:
+            # Milvus Lite refuses the second while the first is still writing, before it lists the collection.
+            deadline = time.monotonic() + CREATE_WAIT
+            while not self._client.has_collection(self.collection):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def __enter__(self):
         return self

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pagelens.errors import BadInputError
 from pagelens.servers.chat_request import ChatMessage
-from pagelens.servers.policy_server import Generation, SamplingParams, TokenLogprob
+from pagelens.servers.policy.server import Generation, SamplingParams, TokenLogprob
 from pagelens.tools.regions import MAX_PIXELS, MIN_PIXELS
 
 _DONE = object()

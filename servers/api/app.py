@@ -45,8 +45,8 @@ from starlette.exceptions import HTTPException
 from pagelens.errors import BadInputError, PageLensError, PolicyError
 from pagelens.graph.run import RunResult, Step
 from pagelens.servers.answers import describe
-from pagelens.servers.api_request import MODELS, ChatRequest, parse_chat_request
-from pagelens.servers.api_runs import AgentService, Event, Run
+from pagelens.servers.api.request import MODELS, ChatRequest, parse_chat_request
+from pagelens.servers.api.runs import AgentService, Event, Run
 from pagelens.servers.config import Settings
 from pagelens.servers.limits import AllowedCallers, ApiError, check_key, read_json, warn_if_exposed
 

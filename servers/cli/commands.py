@@ -44,7 +44,7 @@ def index(args: argparse.Namespace) -> int:
 
 
 def search(args: argparse.Namespace) -> int:
-    from pagelens.tools.retrieval.search import Retriever
+    from pagelens.tools.search import Retriever
 
     with open_store(args) as store:
         retriever = Retriever(store)
@@ -76,7 +76,7 @@ def search(args: argparse.Namespace) -> int:
 
 
 def calibrate(args: argparse.Namespace) -> int:
-    from pagelens.tools.retrieval.calibration import calibrate as fit
+    from pagelens.tools.calibration import calibrate as fit
     from pagelens.training.evaluate import gold_page_ids, read_questions
 
     questions = read_questions(args.questions)  # a bad line fails before the store opens
@@ -143,7 +143,7 @@ def show(args: argparse.Namespace) -> int:
 
 def crop(args: argparse.Namespace) -> int:
     from pagelens.tools.imagefiles import load_page_image
-    from pagelens.tools.pages import Box
+    from pagelens.tools.boxes import Box
     from pagelens.tools.regions import SeenImage, crop as crop_page
 
     box = Box.parse(args.box)
@@ -163,7 +163,7 @@ def crop(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from pagelens.servers.demo import run_demo
+    from pagelens.servers.cli.demo import run_demo
 
     with open_store(args) as store:
         return run_demo(store, quiet=args.quiet)
@@ -197,38 +197,38 @@ def ask(args: argparse.Namespace) -> int:
 
 
 def serve_mcp(args: argparse.Namespace) -> int:
-    from pagelens.servers.mcp_server import run_mcp_server
+    from pagelens.servers.mcp.server import run_mcp_server
 
     run_mcp_server(load_settings(home=args.home), transport=args.transport, host=args.host, port=args.port)
     return 0
 
 
 def mcp_config(args: argparse.Namespace) -> int:
-    from pagelens.servers.mcp_server import mcp_config as entry
+    from pagelens.servers.mcp.server import mcp_config as entry
 
     print_json(entry(load_settings(home=args.home)))
     return 0
 
 
 def serve_milvus(args: argparse.Namespace) -> int:
-    from pagelens.servers.milvus import run_milvus_server
+    from pagelens.servers.cli.milvus import run_milvus_server
 
     run_milvus_server(load_settings(home=args.home).store, host=args.host, port=args.port)
     return 0
 
 
 def serve_api(args: argparse.Namespace) -> int:
-    from pagelens.servers.agent_api import run_agent_api
+    from pagelens.servers.api.app import run_agent_api
 
     run_agent_api(load_settings(home=args.home), host=args.host, port=args.port)
     return 0
 
 
 def serve_policy(args: argparse.Namespace) -> int:
-    from pagelens.servers.policy_server import run_policy_server
+    from pagelens.servers.policy.server import run_policy_server
 
     if args.backend == "vllm":
-        from pagelens.servers.vllm_launcher import run_vllm, vllm_command
+        from pagelens.servers.policy.vllm_launcher import run_vllm, vllm_command
 
         if not args.model:
             raise BadInputError("serve policy --backend vllm needs --model, a checkpoint folder or Hugging Face name.")

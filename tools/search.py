@@ -13,12 +13,12 @@ when k exist.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 
 from pagelens.errors import BadInputError, NotFoundError
 from pagelens.tools.corpus.store import PageStore
-from pagelens.tools.pages import Hit
+from pagelens.tools.pages import Page
 from pagelens.tools.retrieval.embedders import TextEmbedder, make_embedder
 from pagelens.tools.retrieval.lexical import query_terms, query_vector, term_id, tokenize
 from pagelens.tools.retrieval.relevance import PageEvidence, coverage, keep_relevant, query_weights, route_features
@@ -27,6 +27,42 @@ from pagelens.tools.retrieval.vectors import VectorHit
 MAX_K = 100
 FILTER_CANDIDATES = 20  # pages the relevance filter judges (MIRAGE filters its retriever's candidate list)
 SNIPPET_CHARS = 240
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A page found by a search: its score (higher is better; the fused rank score), the passage that matched, and
+    its similarity: the cosine between the query's and its best passage's embeddings (0 when the dense route did
+    not find it), a retrieval score on the embedder's own scale."""
+
+    page: Page
+    score: float
+    snippet: str
+    similarity: float = 0.0
+    relevance: float | None = None
+    """The probability that the page supports an answer (tools/retrieval/relevance.py); None when not judged."""
+    routes: dict[str, dict] = field(default_factory=dict)
+    """Where each retrieval route that found the page ranked it: {route: {"rank", "score"}}."""
+    supported: bool | None = None
+    """Whether `relevance` reaches the relevance model's threshold: the page supports an answer (the relevance
+    filter keeps it); None when not judged."""
+    evidence: dict[str, float] = field(default_factory=dict)
+    """The normalised scores the relevance was computed from, by name (tools/retrieval/relevance.py)."""
+
+    def to_dict(self) -> dict:
+        return {
+            "page_id": self.page.page_id,
+            "document": self.page.document,
+            "page_number": self.page.page_number,
+            "score": round(self.score, 6),
+            "relevance": None if self.relevance is None else round(self.relevance, 4),
+            "supported": self.supported,
+            "evidence": {name: round(value, 4) for name, value in self.evidence.items()},
+            "routes": self.routes,
+            "snippet": self.snippet,
+            "image_path": str(self.page.image_path),
+        }
+
 
 
 class Retriever:

@@ -190,7 +190,7 @@ def train_export(args: argparse.Namespace) -> int:
 
 
 def tiny_model(args: argparse.Namespace) -> int:
-    from pagelens.servers.tiny_model import build_tiny_colqwen2, build_tiny_qwen25vl
+    from pagelens.training.tiny_model import build_tiny_colqwen2, build_tiny_qwen25vl
 
     if args.family == "colqwen2":
         if args.vocab_size is not None or args.hidden_size != 64:

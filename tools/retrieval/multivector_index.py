@@ -1,4 +1,4 @@
-"""An in-memory MaxSim index over multi-vector pages, for fast searches on Milvus Lite (as cache.py serves dense
+"""An in-memory MaxSim index over multi-vector pages, for fast searches on Milvus Lite (as memory_index.py serves dense
 search).
 
 All page vectors sit in one contiguous matrix, page after page, with page offsets. Two search modes:
@@ -14,7 +14,7 @@ All page vectors sit in one contiguous matrix, page after page, with page offset
 
 Scores are normalised by the number of query vectors (SPEC §6), as the Milvus store's are.
 
-As cache.py's copy of the passages, this copy is derived from Milvus, saved beside it (`cache-pages/`, vectors
+As memory_index.py's copy of the passages, this copy is derived from Milvus, saved beside it (`cache-pages/`, vectors
 memory-mapped on open), stamped with the catalogue's generation and caught up document by document
 (`PageStore.vision_index`).
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pagelens.tools.retrieval.cache import save_atomically, saved_generation
+from pagelens.tools.retrieval.memory_index import save_atomically, saved_generation
 from pagelens.tools.retrieval.multivector import PageScore, normalised_maxsim, rank
 
 PREFILTER_MIN_PAGES = 1_000  # below, an exact scan costs under ~70 ms a query (71 ms at 1k ColQwen2 pages)

@@ -1,7 +1,7 @@
 """`pagelens serve mcp`: the page store's tools over the Model Context Protocol, for desktop assistants.
 
 An assistant connected here is the policy: it searches, views and crops pages itself, or calls `ask` to run
-pagelens' own agent. The tools and the page resource are in servers/mcp_tools.py; this module assembles the server
+pagelens' own agent. The tools and the page resource are in servers/mcp/tools.py; this module assembles the server
 (the store, retriever and agent opened once, in its lifespan), runs it, and writes the desktop configuration entry.
 
 - stdio (what desktop assistants launch): stdout carries nothing but protocol. The SDK points fd 1 at stderr while
@@ -39,7 +39,7 @@ from pagelens import __version__
 from pagelens.errors import BadInputError
 from pagelens.servers.config import Settings
 from pagelens.servers.limits import AllowedCallers
-from pagelens.servers.mcp_tools import TOOLS, PageLensContext, page_resource
+from pagelens.servers.mcp.tools import TOOLS, PageLensContext, page_resource
 from pagelens.tools.corpus.store import PageStore
 
 INSTRUCTIONS = (
@@ -60,7 +60,7 @@ def build_server(settings: Settings, store: PageStore | None = None) -> MCPServe
         # Imported here, not at the top: `pagelens mcp-config` needs none of the graph (LangGraph).
         from pagelens.graph.build import Agent
         from pagelens.graph.policies import make_policy
-        from pagelens.tools.retrieval.search import Retriever
+        from pagelens.tools.search import Retriever
 
         with contextlib.ExitStack() as owned:
             opened = store or owned.enter_context(PageStore(settings.store, settings.retrieval))

@@ -29,15 +29,16 @@ from pagelens.errors import BadInputError, NotFoundError, PageLensError
 from pagelens.servers.settings import ServingSettings
 from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.imagefiles import EncodedImage, ImageFormat, load_page_image
-from pagelens.tools.pages import Box, Page
+from pagelens.tools.boxes import Box
+from pagelens.tools.pages import Page
 from pagelens.tools.regions import (IMAGE_FACTOR, MAX_PIXELS, MIN_PIXELS, SeenImage, crop, fit_for_model,
                                     resize_for_model)
 from pagelens.tools.untrusted import delimit
 
 if TYPE_CHECKING:  # the graph (LangGraph) loads only when a client connects; see mcp_server.build_server
     from pagelens.graph.build import Agent
-    from pagelens.graph.policy import ShownImage
-    from pagelens.tools.retrieval.search import Retriever
+    from pagelens.graph.policies.interface import ShownImage
+    from pagelens.tools.search import Retriever
 
 MAX_K = 50
 # Longest query, question, glob and page id taken: all are echoed in results and errors, which stay under the cap.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pagelens.errors import BadInputError
 from pagelens.servers.chat_request import ChatMessage
-from pagelens.servers.policy_server import Generation, SamplingParams, ScriptExhaustedError, TokenLogprob
+from pagelens.servers.policy.server import Generation, SamplingParams, ScriptExhaustedError, TokenLogprob
 
 
 def _words(text: str) -> list[str]:

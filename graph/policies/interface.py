@@ -14,7 +14,8 @@ from functools import cached_property
 from typing import Protocol
 
 from pagelens.graph.parse import Turn
-from pagelens.tools.pages import Region, TextLine
+from pagelens.tools.boxes import Region
+from pagelens.tools.pages import TextLine
 from pagelens.tools.regions import SeenImage
 
 

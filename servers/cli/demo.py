@@ -14,7 +14,7 @@ from pagelens.graph.policies.extractive import ExtractivePolicy
 from pagelens.servers.answers import write_outputs
 from pagelens.tools.corpus.ingest import index_paths
 from pagelens.tools.corpus.store import PageStore
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 
 
 def sample_folder() -> Path:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from pagelens.errors import BadInputError
 from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.retrieval.relevance import PageEvidence, RelevanceModel, features_for, keep_relevant
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 
 
 @dataclass(frozen=True)

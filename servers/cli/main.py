@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("mcp-config", help="print the claude_desktop_config.json entry that runs `pagelens serve mcp`")
 
-    from pagelens.servers.train_commands import add_train_parsers
+    from pagelens.servers.cli.train_commands import add_train_parsers
 
     add_train_parsers(sub)
 
@@ -174,16 +174,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pagelens.servers import commands
+    from pagelens.servers.cli import commands
 
     if args.command == "serve":
         return getattr(commands, f"serve_{args.server}")(args)
     if args.command == "eval":
-        from pagelens.servers.eval_command import evaluate
+        from pagelens.servers.cli.eval_command import evaluate
 
         return evaluate(args)
     if args.command in ("train", "tiny-model"):
-        from pagelens.servers import train_commands
+        from pagelens.servers.cli import train_commands
 
         return train_commands.run(args)
     return getattr(commands, args.command.replace("-", "_"))(args)

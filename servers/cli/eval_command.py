@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pagelens.errors import BadInputError
 from pagelens.servers.terminal import print_json
-from pagelens.servers.commands import note
+from pagelens.servers.cli.commands import note
 from pagelens.servers.config import load_settings, policy_url
 from pagelens.training.settings import EvalSettings
 
@@ -25,7 +25,7 @@ def _questions_file(args: argparse.Namespace) -> Path:
     if args.sample == (args.questions is not None):
         raise BadInputError("give a question file (pagelens eval QUESTIONS.jsonl) or --sample, one of the two.")
     if args.sample:
-        from pagelens.servers.demo import sample_folder
+        from pagelens.servers.cli.demo import sample_folder
 
         return sample_folder() / SAMPLE_QUESTIONS
     return args.questions
@@ -33,7 +33,7 @@ def _questions_file(args: argparse.Namespace) -> Path:
 
 def _index_sample(store, args: argparse.Namespace) -> None:
     """Index the bundled sample corpus into the store unless it already holds every sample document."""
-    from pagelens.servers.demo import sample_folder
+    from pagelens.servers.cli.demo import sample_folder
     from pagelens.tools.corpus.ingest import index_paths
 
     files = sorted(sample_folder().glob("*.pdf"))
@@ -50,7 +50,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from pagelens.graph.build import Agent
     from pagelens.graph.policies import make_policy
     from pagelens.tools.corpus.store import PageStore
-    from pagelens.tools.retrieval.search import Retriever
+    from pagelens.tools.search import Retriever
     from pagelens.training.eval_report import markdown_report, summarize
     from pagelens.training.evaluate import ResultsFile, gold_page_ids, read_questions, run_eval
 

@@ -30,11 +30,11 @@ from pagelens.graph.images import PageImages
 from pagelens.graph.policies import make_policy
 from pagelens.graph.run import RunResult, Step
 from pagelens.graph.settings import PROTOCOLS
-from pagelens.servers.api_request import ChatRequest
+from pagelens.servers.api.request import ChatRequest
 from pagelens.servers.config import Settings
 from pagelens.servers.limits import ApiError
 from pagelens.tools.corpus.store import PageStore
-from pagelens.tools.retrieval.search import Retriever
+from pagelens.tools.search import Retriever
 
 # What a run reports to the event loop: its steps as they finish, then its result or the error that ended it.
 Event = Step | RunResult | Exception

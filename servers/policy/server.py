@@ -106,13 +106,13 @@ def make_backend(backend_name: str, model: str | None = None, script: Path | Non
     if backend_name == "replay":
         if script is None:
             raise BadInputError("the replay backend needs a script; give --script FILE with the replies in order.")
-        from pagelens.servers.replay_backend import ReplayBackend
+        from pagelens.servers.policy.replay_backend import ReplayBackend
 
         return ReplayBackend(script, served_model_name or "replay")
     if backend_name == "transformers":
         if model is None:
             raise BadInputError("the transformers backend needs a model; give --model with a local checkpoint folder.")
-        from pagelens.servers.transformers_backend import TransformersBackend
+        from pagelens.servers.policy.transformers_backend import TransformersBackend
 
         return TransformersBackend(model, device=device, name=served_model_name,  # type: ignore[arg-type]
                                    min_pixels=min_pixels, max_pixels=max_pixels)

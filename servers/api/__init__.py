@@ -1,0 +1,1 @@
+"""The agent as an OpenAI-compatible chat completions API (`pagelens serve api`)."""
