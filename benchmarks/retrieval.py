@@ -4,7 +4,9 @@ For each corpus: index it into a store on the embedded defaults (Milvus Lite, Mi
 settings; cached per corpus and settings under --cache), then for every answerable question rank pages with each
 route alone (dense and BM25 over passages, BM25 and dense over whole pages), with the default fusion, and with
 plain BM25 (`bm25s`, English stop words, one entry per page's whole text, nothing else). Printed: recall@1,
-recall@5 and MRR@10 of each, and the seconds each took to index.
+recall@5 and MRR@10 of each, the seconds each took to index, and the median latency of one fused search. With
+`--lexical server` (Milvus's BM25 function; searches go to Milvus Lite, not the memory index), also Milvus's own
+fusion in one `hybrid_search` call ("milvus rrf") and its median latency.
 
 Corpora: `sample` (servers/sample, 20 questions), `field` (tests/data/field, made by scripts/make_field_corpus.py)
 and `manuals` (2,182 pages of real man pages rendered as PDFs, made by benchmarks/manuals.py on a Debian machine).
@@ -12,6 +14,7 @@ The defaults (route weights, passage size, BM25 parameters) were chosen on `samp
 reported, not tuned on.
 
     python benchmarks/retrieval.py [--corpora sample,field,manuals] [--embedder NAME] [--cache DIR] [--json FILE]
+        [--retriever text+colqwen|text+vlm|colqwen|vlm --model PATH] [--lexical client|server]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,7 +36,7 @@ from pagelens.tools.corpus.ingest import index_paths
 from pagelens.tools.corpus.store import PageStore, StoreSettings
 from pagelens.tools.corpus.text import page_text
 from pagelens.tools.search import Retriever
-from pagelens.tools.retrieval.settings import RetrievalSettings
+from pagelens.tools.retrieval.settings import RETRIEVERS, RetrievalSettings
 from pagelens.training.evaluate import gold_page_ids, read_questions
 from pagelens.training.metrics import mrr_at, recall_at
 
@@ -61,7 +65,7 @@ def open_store(name: str, folder: Path, cache: Path, retrieval: RetrievalSetting
     key = hashlib.sha1(json.dumps([str(folder), retrieval.manifest()], sort_keys=True).encode()).hexdigest()[:10]
     home = cache / "stores" / f"{name}-{key}"
     done = home / "indexed"
-    store = PageStore(StoreSettings(home=home), retrieval, rebuild=not done.exists())
+    store = PageStore(StoreSettings(home=home), retrieval, rebuild=not done.exists(), choose_retriever=True)
     seconds = 0.0
     if not done.exists():
         started = time.perf_counter()
@@ -88,12 +92,24 @@ def measure(name: str, cache: Path, retrieval: RetrievalSettings) -> dict:
         gold = gold_page_ids(questions, store, questions_file)
         retriever = Retriever(store)
         baseline, baseline_ids, baseline_seconds = bm25_baseline(store)
-        ranked: dict[str, list[list[str]]] = {route: [] for route in (*ROUTES, "fused", "bm25s (page)")}
+        routes = (*ROUTES, "vision") if retrieval.vision else ROUTES
+        # Milvus fuses in one call only equally weighted routes it searches itself (Retriever.fused_in_milvus).
+        milvus_fusion = retrieval.lexical == "server" and not retrieval.vision
+        fusions = ("fused", "milvus rrf") if milvus_fusion else ("fused",)
+        ranked: dict[str, list[list[str]]] = {route: [] for route in (*routes, *fusions, "bm25s (page)")}
+        latency: dict[str, list[float]] = {fusion: [] for fusion in fusions}
         for question in questions:
-            rankings = retriever.route_rankings(question.question, routes=ROUTES)
-            for route in ROUTES:
+            rankings = retriever.route_rankings(question.question, routes=routes)
+            for route in routes:
                 ranked[route].append([page_id for page_id, _ in rankings[route][:DEPTH]])
+            started = time.perf_counter()
             ranked["fused"].append([hit.page.page_id for hit in retriever.search(question.question, k=DEPTH)])
+            latency["fused"].append(time.perf_counter() - started)
+            if milvus_fusion:
+                started = time.perf_counter()
+                ranked["milvus rrf"].append([page_id for page_id, _ in retriever.fused_in_milvus(question.question,
+                                                                                                  k=DEPTH)])
+                latency["milvus rrf"].append(time.perf_counter() - started)
             docs, _ = baseline.retrieve(bm25s.tokenize([question.question], stopwords="en", show_progress=False),
                                         k=min(DEPTH, len(baseline_ids)), show_progress=False)
             ranked["bm25s (page)"].append([baseline_ids[i] for i in docs[0]])
@@ -108,7 +124,8 @@ def measure(name: str, cache: Path, retrieval: RetrievalSettings) -> dict:
         }
         return {"corpus": name, "pages": len(store.pages()), "questions": len(questions),
                 "index_seconds": round(index_seconds, 1), "bm25s_index_seconds": round(baseline_seconds, 2),
-                "routes": rows}
+                "routes": rows,
+                "search_p50_ms": {fusion: round(1000 * statistics.median(t), 1) for fusion, t in latency.items()}}
     finally:
         store.close()
 
@@ -121,19 +138,29 @@ def main() -> None:
                         help="passage size to measure (the stores are cached per size)")
     parser.add_argument("--embedder", default=RetrievalSettings().embedder,
                         help="dense text embedder to measure (the stores are cached per embedder)")
+    parser.add_argument("--retriever", default="text", choices=RETRIEVERS,
+                        help="with a vision retriever, its route is measured alone and fused too (needs --model)")
+    parser.add_argument("--model", default="", help="the vision retriever's checkpoint folder")
+    parser.add_argument("--lexical", default="client", choices=("client", "server"),
+                        help="who computes BM25: our client code, or Milvus's BM25 function (stores cached per choice)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    retrieval = RetrievalSettings(embedder=args.embedder, passage_tokens=args.passage_tokens,
+                                  retriever=args.retriever, vision_model=args.model, lexical=args.lexical)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}; {args.embedder}, passages of at most {args.passage_tokens} tokens")
+          f"python {platform.python_version()}; {args.embedder}, passages of at most {args.passage_tokens} tokens; "
+          f"retriever {args.retriever}" + (f" ({args.model})" if args.model else "") + f"; lexical {args.lexical}")
     results = []
     for name in args.corpora.split(","):
-        result = measure(name, args.cache, RetrievalSettings(embedder=args.embedder, passage_tokens=args.passage_tokens))
+        result = measure(name, args.cache, retrieval)
         results.append(result)
         print(f"\n{name}: {result['pages']} pages, {result['questions']} answerable questions; indexed in "
               f"{result['index_seconds']} s (0 = cached), bm25s in {result['bm25s_index_seconds']} s")
         print(f"  {'route':<14}{'recall@1':>10}{'recall@5':>10}{'MRR@10':>9}")
         for route, row in result["routes"].items():
             print(f"  {route:<14}{row['recall@1']:>10.3f}{row['recall@5']:>10.3f}{row['mrr@10']:>9.3f}")
+        print("  search p50 (incl. query embedding): "
+              + ", ".join(f"{fusion} {ms} ms" for fusion, ms in result["search_p50_ms"].items()))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from pagelens.errors import BadInputError, NotFoundError
 from pagelens.tools.corpus.store import PageStore
 from pagelens.tools.pages import Page
@@ -154,27 +156,17 @@ class Retriever:
                        routes: Iterable[str] | None = None) -> dict[str, list[tuple[str, VectorHit]]]:
         """Each route's pages, best first, as (page_id, the hit that ranks it): the routes of positive weight, or
         the named ones (`benchmarks/retrieval.py` measures each alone)."""
-        if not query.strip():
-            raise BadInputError("the query is empty; give some words to search for.")
-        document_ids = None
-        if document is not None:
-            matched = self.store.match_documents(document)
-            if not matched:
-                raise NotFoundError(
-                    f"no indexed document matches {document!r}; `pagelens pages` lists the document names."
-                )
-            document_ids = [d.document_id for d in matched]
+        document_ids = self._document_ids(query, document)
         settings = self.store.retrieval
         wanted = [r for r, w in settings.route_weights.items() if w > 0] if routes is None else list(routes)
         backend = self.store.memory_index() if self.store.use_memory_index() else self.store.vectors
-        terms = query_terms(query)
-        sparse = query_vector(terms, self.store.catalog.document_frequencies(terms), self.store.catalog.passage_count())
+        lexical = self._lexical_query(query)
         dense = self.embedder.embed_query(query) if {"dense", "page-dense"} & set(wanted) else None
         search = {
             "dense": lambda: backend.search_dense(dense, settings.candidates, document_ids),
-            "bm25": lambda: backend.search_sparse(sparse, settings.candidates, document_ids) if sparse else [],
-            "page-bm25": lambda: (backend.search_sparse(sparse, settings.candidates, document_ids, level="page")
-                                  if sparse else []),
+            "bm25": lambda: backend.search_sparse(lexical, settings.candidates, document_ids) if lexical else [],
+            "page-bm25": lambda: (backend.search_sparse(lexical, settings.candidates, document_ids, level="page")
+                                  if lexical else []),
             "page-dense": lambda: backend.search_dense(dense, settings.candidates, document_ids, level="page"),
             "vision": lambda: self._vision(query, document_ids),
         }
@@ -184,6 +176,51 @@ class Retriever:
                                 f"the routes are {', '.join(search)}.")
         return {route: _best_per_page(search[route]()) for route in wanted}
 
+    def fused_in_milvus(self, query: str, k: int = 5, document: str | None = None) -> list[tuple[str, VectorHit]]:
+        """The k best pages by Milvus's own fusion: one `hybrid_search` call, a request per active route, fused by
+        unweighted RRF (rrf_k) and grouped by page (each page's best row, with its fused score).
+
+        Only where every active route runs in Milvus (not from the memory index, no vision route) and their weights
+        are equal (RRFRanker weighs none); else BadInputError. `search` does not use it: Milvus Lite fuses rows before
+        it groups them by page (vectors.VectorStore.fused_pages), which is not `search`'s fusion of ranked pages, and
+        `search` needs each route's own ranking for snippets and relevance evidence anyway."""
+        settings = self.store.retrieval
+        weights = {route: w for route, w in settings.route_weights.items() if w > 0}
+        if self.store.use_memory_index() or "vision" in weights or len(set(weights.values())) > 1:
+            raise BadInputError(f"Milvus fuses only equally weighted routes it searches itself; these are "
+                                f"{weights} on {'the memory index' if self.store.use_memory_index() else 'Milvus'}. "
+                                f"Use `search`, or equal weights without vision and memory_index off.")
+        document_ids = self._document_ids(query, document)
+        lexical = self._lexical_query(query)
+        dense = self.embedder.embed_query(query) if {"dense", "page-dense"} & set(weights) else None
+        query_of = {"dense": (dense, "passage"), "bm25": (lexical, "passage"), "page-bm25": (lexical, "page"),
+                    "page-dense": (dense, "page")}
+        vectors = self.store.vectors
+        requests = [vectors.request(q, settings.candidates, document_ids, level)
+                    for q, level in (query_of[route] for route in weights)
+                    if isinstance(q, np.ndarray) or q]  # a query of no known terms has no lexical request
+        return [(hit.page_id, hit) for hit in vectors.fused_pages(requests, settings.rrf_k, k)]
+
+    def _document_ids(self, query: str, document: str | None) -> list[str] | None:
+        """The documents a search is restricted to (None: all); refuses an empty query or an unmatched glob."""
+        if not query.strip():
+            raise BadInputError("the query is empty; give some words to search for.")
+        if document is None:
+            return None
+        matched = self.store.match_documents(document)
+        if not matched:
+            raise NotFoundError(
+                f"no indexed document matches {document!r}; `pagelens pages` lists the document names."
+            )
+        return [d.document_id for d in matched]
+
+    def _lexical_query(self, query: str) -> dict[int, float] | str:
+        """The BM25 query: the query's text for Milvus to analyse (lexical "server"), or our IDF weights of its
+        terms from the catalogue's counts ({} when no passage holds any)."""
+        if self.store.retrieval.lexical == "server":
+            return query
+        terms = query_terms(query)
+        return query_vector(terms, self.store.catalog.document_frequencies(terms), self.store.catalog.passage_count())
 
     def _vision(self, query: str, document_ids: list[str] | None) -> list[VectorHit]:
         """The vision route: pages by normalised MaxSim (one vector a page: the dot product) of the query's and the

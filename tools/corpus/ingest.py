@@ -300,15 +300,18 @@ def _add_page(store: PageStore, job: _Job, work: _PageWork, embedder: TextEmbedd
     if rows:
         # Embedding each page as it arrives keeps the worker rendering the next ones meanwhile; Milvus writes
         # are batched, as each call has a fixed cost.
-        dense = embedder.embed_passages([in_view(job.name, row.text) for row, _ in rows])
+        viewed = [in_view(job.name, row.text) for row, _ in rows]
+        dense = embedder.embed_passages(viewed)
         job.passages += [row for row, _ in rows]
-        job.unwritten += [VectorRow(row.pk, page_id, job.document_id, vec, weights)
-                          for (row, weights), vec in zip(rows, dense)]
+        # Each row carries its BM25 weights and its text: the store writes the one its lexical setting reads.
+        job.unwritten += [VectorRow(row.pk, page_id, job.document_id, vec, weights, view)
+                          for (row, weights), vec, view in zip(rows, dense, viewed)]
         # The whole page as one more row: its BM25 over all its text, and the direction of its passages' mean.
         mean = dense.mean(axis=0)
+        page_view = in_view(job.name, text)
         job.unwritten.append(VectorRow(page_row_pk(page_id, job.version), page_id, job.document_id,
                                        mean / max(float(np.linalg.norm(mean)), 1e-12),
-                                       passage_vector(in_view(job.name, text), AVG_PAGE_TERMS)))
+                                       passage_vector(page_view, AVG_PAGE_TERMS), page_view))
     if len(job.unwritten) >= WRITE_BATCH:
         store.vectors.insert(job.unwritten, job.version)
         job.unwritten = []

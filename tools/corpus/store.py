@@ -130,7 +130,7 @@ class PageStore:
                 self._check_manifest()
                 self.catalog = Catalog(self.home / "catalog.sqlite")
                 uri = settings.milvus_uri or str(self.home / MILVUS_LITE_DIR)
-                self.vectors = VectorStore(uri, self._dim(), recreate=rebuild)
+                self.vectors = VectorStore(uri, self._dim(), lexical=self.retrieval.lexical, recreate=rebuild)
                 # The page images' vectors, for a vision retriever (tools/retrieval/multivector.py).
                 self.page_vectors = (MultiVectorStore(uri, self.page_embedder().dim, recreate=rebuild)
                                      if self.retrieval.vision else None)
@@ -331,7 +331,8 @@ class PageStore:
     # -- search backend -------------------------------------------------------------------------------
     def use_memory_index(self) -> bool:
         mode = self.retrieval.memory_index
-        return mode == "on" or (mode == "auto" and self.settings.uses_milvus_lite)
+        # Server-side BM25 lives only in Milvus (RetrievalSettings refuses "on" with it).
+        return mode == "on" or (mode == "auto" and self.settings.uses_milvus_lite and self.retrieval.lexical == "client")
 
     def memory_index(self) -> MemoryIndex:
         """The passages' search copy for the catalogue's current generation (tools/retrieval/memory_index.py)."""

@@ -60,6 +60,11 @@ class RetrievalSettings:
     memory_index: Literal["auto", "on", "off"] = "auto"
     """Serve searches from an exact in-memory copy of the vectors ("auto": on for Milvus Lite, whose per-call
     latency is 100+ ms at 100k vectors; off for a Milvus server, which searches its own index)."""
+    lexical: Literal["client", "server"] = "client"
+    """Who computes BM25: "client" (tools/retrieval/lexical.py: any script, stop words left out of queries only) or
+    "server" (Milvus's BM25 function over each row's text, queried with the raw question; tools/retrieval/vectors.py
+    says how it differs). "server" searches in Milvus even on Milvus Lite: the memory index holds no BM25 of the
+    server's, so it is off. Recorded in the manifest."""
 
     def __post_init__(self) -> None:
         try:  # a config file gives lists
@@ -95,6 +100,11 @@ class RetrievalSettings:
                                 f"SPEC §6's), or 0 to keep every page vector.")
         if self.memory_index not in ("auto", "on", "off"):
             raise BadInputError(f"memory_index={self.memory_index!r} is not one of auto, on, off.")
+        if self.lexical not in ("client", "server"):
+            raise BadInputError(f"lexical={self.lexical!r} is not one of client, server.")
+        if self.lexical == "server" and self.memory_index == "on":
+            raise BadInputError("memory_index=on cannot serve lexical=server: Milvus computes that BM25 and the memory "
+                                "index holds none of it; set memory_index to auto or off, or lexical to client.")
 
     @property
     def relevance(self) -> RelevanceModel:
@@ -120,8 +130,10 @@ class RetrievalSettings:
 
     def manifest(self) -> dict:
         """What a store built with these settings must keep: vectors made otherwise are not comparable."""
-        # v2: passages and pages indexed with their document's name, and a row per page.
-        manifest = {"embedders": [self.embedder, "bm25-blake2-v2"], "chunking": {"passage_tokens": self.passage_tokens},
+        # v2: passages and pages indexed with their document's name, and a row per page. The lexical "embedder"
+        # names who computes BM25, so a store built one way is refused the other way (and older stores keep theirs).
+        lexical = "bm25-blake2-v2" if self.lexical == "client" else "milvus-bm25-v1"
+        manifest = {"embedders": [self.embedder, lexical], "chunking": {"passage_tokens": self.passage_tokens},
                     "retriever": self.retriever}
         if self.vision:
             manifest["vision"] = {"model": str(Path(self.vision_model).expanduser().resolve()),
