@@ -156,6 +156,40 @@ def _serve(folder: Path, *args: str, env: dict[str, str] | None = None) -> Itera
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[str]:
+    """A `milvus-lite server` (the package's gRPC server, standing in for a Milvus server) on a free port, for the
+    tests of one module; its URI."""
+    import shutil
+    import socket
+    import time
+
+    folder = tmp_path_factory.mktemp("milvus-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = shutil.which("milvus-lite", path=str(Path(sys.executable).parent)) or "milvus-lite"
+    with open(folder / "server.log", "w") as log:
+        proc = subprocess.Popen([command, "server", "--data-dir", str(folder / "data"), "--host", "127.0.0.1",
+                                 "--port", str(port)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"milvus-lite server exited {proc.returncode}:\n{(folder / 'server.log').read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("milvus-lite server did not listen in 60 s")
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 @pytest.fixture(scope="session")
 def pagelens_server():
     """The `_serve` context manager: `with pagelens_server(folder, "policy", "--backend", …) as url:`."""

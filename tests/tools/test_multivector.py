@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,40 +35,6 @@ def long_page_query(pages: dict, rng: np.random.Generator) -> np.ndarray:
     """Query vectors near the long page's LAST vectors: reading only its first 1000 rows changes its score."""
     tail = pages[LONG_PAGE][1][-10:]
     return unit(tail + 0.03 * rng.standard_normal(tail.shape))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory) -> str:
-    """A `milvus-lite server` (the package's gRPC server, standing in for Milvus) on a free port; its URI."""
-    folder = tmp_path_factory.mktemp("milvus-server")
-    port = free_port()
-    command = shutil.which("milvus-lite", path=str(Path(sys.executable).parent)) or "milvus-lite"
-    log = open(folder / "server.log", "w")
-    proc = subprocess.Popen([command, "server", "--data-dir", str(folder / "data"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"milvus-lite server exited {proc.returncode}:\n{(folder / 'server.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("milvus-lite server did not listen in 60 s")
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
 
 
 @pytest.fixture(scope="module", params=["lite", "server"])

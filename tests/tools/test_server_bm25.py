@@ -4,11 +4,6 @@ built one way is refused the other way, and Milvus's own fusion (`hybrid_search`
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,40 +18,6 @@ from pagelens.training.evaluate import gold_page_ids, read_questions
 from pagelens.training.metrics import recall_at
 
 LEXICAL_ROUTES = ("bm25", "page-bm25")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory) -> str:
-    """A `milvus-lite server` (the package's gRPC server, standing in for Milvus) on a free port; its URI."""
-    folder = tmp_path_factory.mktemp("milvus-server")
-    port = free_port()
-    command = shutil.which("milvus-lite", path=str(Path(sys.executable).parent)) or "milvus-lite"
-    log = open(folder / "server.log", "w")
-    proc = subprocess.Popen([command, "server", "--data-dir", str(folder / "data"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"milvus-lite server exited {proc.returncode}:\n{(folder / 'server.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("milvus-lite server did not listen in 60 s")
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
 
 
 @pytest.fixture(scope="module", params=["lite", "server"])
