@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pagelens.tools.corpus.ingest import index_paths
-from pagelens.tools.retrieval.memory_index import IVF_MIN_ROWS, MemoryIndex
+from pagelens.tools.retrieval import memory_index
+from pagelens.tools.retrieval.memory_index import MemoryIndex
 from pagelens.tools.retrieval.vectors import VectorRow
 
 DIM = 32
@@ -52,30 +53,70 @@ def test_update_equals_a_rebuild_below_the_ivf_threshold():
     assert {h.page_id.split("-")[0] for h in updated.search_dense(query, 100, ["b"])} == {"b"}
 
 
-@pytest.mark.slow
-def test_update_keeps_the_ivf_lists_and_their_recall():
+@pytest.fixture
+def small_ivf(monkeypatch):
+    """The IVF threshold lowered, so that a few thousand rows take the approximate path."""
+    monkeypatch.setattr(memory_index, "IVF_MIN_ROWS", 1000)
+
+
+def centroids(index: MemoryIndex, level: str = "passage") -> np.ndarray:
+    ivf = index.ivf[level]
+    return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+
+def recall_at_10(index: MemoryIndex, docs: dict[str, list[VectorRow]], queries: list[np.ndarray]) -> float:
+    rows = [r for batch in docs.values() for r in batch if not r.pk.startswith("page:")]
+    matrix, pks = np.vstack([r.dense for r in rows]), np.asarray([r.pk for r in rows])
+    found = []
+    for query in queries:
+        truth = set(pks[np.argsort(-(matrix @ query))[:10]])
+        found.append(len(truth & {h.pk for h in index.search_dense(query, 10, None)}) / 10)
+    return float(np.mean(found))
+
+
+def test_ivf_above_the_threshold_keeps_recall_and_levels_apart(small_ivf):
     rng = np.random.default_rng(2)
     centers = rng.standard_normal((64, DIM))
-    per_doc = IVF_MIN_ROWS // 20 + 50
-    docs = {f"d{i}": synthetic_rows(f"d{i}", per_doc, rng, centers) for i in range(20)}
-    old = MemoryIndex.build(1, list(docs.values()), DIM)
-    assert len(old.centroids) > 0
-    docs["d3"] = synthetic_rows("d3", per_doc, rng, centers)
+    docs = {f"d{i}": synthetic_rows(f"d{i}", 100, rng, centers) for i in range(20)}
+    pages = synthetic_rows("pages", 300, rng, centers)
+    docs["pages"] = [VectorRow(f"page:{r.pk}", r.page_id, r.document_id, r.dense, r.sparse) for r in pages]
 
-    updated = old.update(2, {"d3"}, [docs["d3"]])
+    index = MemoryIndex.build(1, list(docs.values()), DIM)
 
-    np.testing.assert_array_equal(updated.centroids, old.centroids)
+    assert set(index.ivf) == {"passage"}  # 2,000 passage rows: IVF; 300 page rows: exact
+    queries = [r.dense for r in synthetic_rows("q", 100, rng, centers)]
+    assert recall_at_10(index, docs, queries) >= 0.95
+    assert not any(h.pk.startswith("page:") for q in queries[:10] for h in index.search_dense(q, 50, None))
+    assert all(h.pk.startswith("page:") for q in queries[:10] for h in index.search_dense(q, 50, None, "page"))
+    # A document filter scans that document's rows exactly.
+    d5 = np.vstack([r.dense for r in docs["d5"]])
+    for q in queries[:10]:
+        assert [h.pk for h in index.search_dense(q, 10, ["d5"])] == [docs["d5"][i].pk for i in np.argsort(-(d5 @ q))[:10]]
+
+
+def test_a_saved_ivf_loads_and_catches_up_keeping_its_lists(small_ivf, tmp_path):
+    rng = np.random.default_rng(3)
+    centers = rng.standard_normal((64, DIM))
+    docs = {f"d{i}": synthetic_rows(f"d{i}", 100, rng, centers) for i in range(20)}
+    built = MemoryIndex.build(1, list(docs.values()), DIM)
+    built.save(tmp_path / "cache")
+    loaded = MemoryIndex.load(tmp_path / "cache")  # its vectors and IVF lists memory-mapped
+    queries = [r.dense for r in synthetic_rows("q", 20, rng, centers)]
+    for query in queries:
+        assert [h.pk for h in loaded.search_dense(query, 10, None)] == \
+            [h.pk for h in built.search_dense(query, 10, None)]
+    docs["d3"] = synthetic_rows("d3", 100, rng, centers)
+
+    updated = loaded.update(2, {"d3"}, [docs["d3"]])
+
+    np.testing.assert_array_equal(centroids(updated), centroids(built))
     same_rows(updated, MemoryIndex.build(2, list(docs.values()), DIM))
-    matrix = np.vstack([r.dense for rows in docs.values() for r in rows])
-    pks = np.asarray([r.pk for rows in docs.values() for r in rows])
-    recall = []
-    for row in docs["d3"][:50]:
-        truth = set(pks[np.argsort(-(matrix @ row.dense))[:10]])
-        recall.append(len(truth & {h.pk for h in updated.search_dense(row.dense, 10, None)}) / 10)
-    assert np.mean(recall) >= 0.99
+    assert recall_at_10(updated, docs, [r.dense for r in docs["d3"][:50]]) >= 0.95
+    updated.save(tmp_path / "cache")  # over the memory-mapped copy it was made from
+    assert MemoryIndex.load(tmp_path / "cache").generation == 2
     # Shrinking below the IVF threshold drops the lists; the rows left are scanned exactly.
     shrunk = updated.update(3, {f"d{i}" for i in range(12)}, [])
-    assert len(shrunk.centroids) == 0
+    assert shrunk.ivf == {}
     same_rows(shrunk, MemoryIndex.build(3, [docs[f"d{i}"] for i in range(12, 20)], DIM))
 
 
