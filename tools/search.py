@@ -143,8 +143,7 @@ class Retriever:
         scores = {page_id: hit.score for page_id, hit in own}
         # A page the route did not list scores as its last candidate: at most that, by the route's own ranking.
         floor = min(scores.values(), default=0.0)
-        listed = list(scores.values()) + [floor for p in page_ids if p not in scores]
-        mirage = dict(zip(list(scores) + [p for p in page_ids if p not in scores], route_features(listed)))
+        mirage = dict(zip(page_ids, route_features(list(scores.values()), [scores.get(p, floor) for p in page_ids])))
         return {
             p: PageEvidence(coverage(weights, frozenset().union(*passages[p])),
                             max((coverage(weights, t) for t in passages[p]), default=0.0),

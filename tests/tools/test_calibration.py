@@ -20,6 +20,8 @@ def test_route_features_and_the_filter_by_hand():
     assert (s1, g1, g2, g3) == pytest.approx((0.9, 0.0, 0.3, 0.6))
     assert (z1, z2, z3) == pytest.approx((1.2247449, 0.0, -1.2247449))
     assert route_features([0.5, 0.5]) == [(0.5, 0.0, 0.0), (0.5, 0.0, 0.0)]  # no spread: z 0, not a division by 0
+    # A page's features come from the candidate list's statistics, whichever other pages are asked about.
+    assert route_features([0.9, 0.6, 0.3], [0.3]) == [(s3, g3, z3)]
     assert keep_relevant([0.2, 0.7, 0.9, 0.6], 0.5, 2) == [1, 2]  # rank order, at most k
     assert keep_relevant([0.2, 0.4, 0.1], 0.5, 3) == [1]  # none passes: the most probable alone
     assert keep_relevant([], 0.5, 3) == []

@@ -57,14 +57,16 @@ def features_for(retriever: str) -> tuple[str, ...]:
     return (TEXT_FEATURES if retriever == "text" or retriever.startswith("text+") else ()) + ROUTE_FEATURES
 
 
-def route_features(scores: Sequence[float]) -> list[tuple[float, float, float]]:
-    """MIRAGE's (score, gap to the best, z-score) of each score of one candidate list."""
-    if not scores:
-        return []
-    values = np.asarray(scores, np.float64)
-    spread = float(values.std())
-    return [(float(v), float(values.max() - v), float((v - values.mean()) / spread) if spread > 1e-9 else 0.0)
-            for v in values]
+def route_features(candidates: Sequence[float], scores: Sequence[float] | None = None
+                   ) -> list[tuple[float, float, float]]:
+    """MIRAGE's (score, gap to the best, z-score) of each of `scores` (default: the candidates' own) against the
+    statistics of one candidate list, so a page's features do not depend on which other pages are asked about."""
+    values = np.asarray(candidates, np.float64)
+    if not len(values):
+        return [(float(v), 0.0, 0.0) for v in (scores or [])]
+    best, mean, spread = float(values.max()), float(values.mean()), float(values.std())
+    return [(float(v), best - float(v), (float(v) - mean) / spread if spread > 1e-9 else 0.0)
+            for v in (values if scores is None else scores)]
 
 
 def coverage(weights: dict[int, float], terms: frozenset[int] | set[int]) -> float:
