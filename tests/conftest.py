@@ -115,18 +115,24 @@ def sample_copy(sample_home, tmp_path) -> Path:
     return home
 
 
+def free_port() -> int:
+    """A loopback port no one listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @contextlib.contextmanager
 def _serve(folder: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """`pagelens serve ARGS` (policy, mcp, …) in a real subprocess on a free loopback port, run in `folder`; yields
     its base URL once it answers HTTP, and checks its log has no traceback when it stops."""
-    import socket
     import time
     import urllib.error
     import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     # The log goes to a file, not a pipe nobody drains: a chatty server must never block on a full pipe.
     log = folder / f"server-{port}.log"
     with open(log, "w") as err:
@@ -165,9 +171,7 @@ def served(tmp_path_factory) -> Iterator[str]:
     import time
 
     folder = tmp_path_factory.mktemp("milvus-server")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = shutil.which("milvus-lite", path=str(Path(sys.executable).parent)) or "milvus-lite"
     with open(folder / "server.log", "w") as log:
         proc = subprocess.Popen([command, "server", "--data-dir", str(folder / "data"), "--host", "127.0.0.1",

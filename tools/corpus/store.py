@@ -96,6 +96,13 @@ def hold_lock(home: Path, holder: str):
     return handle
 
 
+def _write_manifest(path: Path, manifest: dict) -> None:
+    """Replace the manifest whole (written beside, then renamed): a reader never finds half of one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def opening_lock(home: Path):
     """Held while a process opens the store (manifest, catalogue, vectors): processes sharing it through a Milvus
@@ -175,9 +182,7 @@ class PageStore:
             return
         if self.retrieval.vision:
             self.page_embedder()  # a checkpoint of the wrong kind is refused before the store records it
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**expected, "pagelens": __version__}, indent=2))
-        os.replace(tmp, path)
+        _write_manifest(path, {**expected, "pagelens": __version__})
 
     def save_relevance(self, model: RelevanceModel) -> None:
         """Keep a relevance model fitted for this store (`pagelens calibrate`) in its manifest: later searches use it."""
@@ -185,9 +190,7 @@ class PageStore:
             path = self.home / "manifest.json"
             manifest = json.loads(path.read_text())
             manifest["relevance"] = model.to_manifest()
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(manifest, indent=2))
-            os.replace(tmp, path)
+            _write_manifest(path, manifest)
         self.retrieval = self.retrieval.with_relevance(model)
 
     def _wipe(self) -> None:

@@ -17,6 +17,7 @@ import pypdfium2
 import pypdfium2.raw as pdfium_c
 
 from pagelens.tools.corpus.spacing import respace
+from pagelens.tools.openvino_cpu import compile_for_cpu, infer
 from pagelens.tools.boxes import Box
 from pagelens.tools.pages import TextLine
 
@@ -313,10 +314,7 @@ def rapidocr(threads: int) -> RapidOCR:
 
 def _openvino_rapidocr(threads: int) -> RapidOCR:
     """RapidOCR with its detector, angle classifier and recogniser sessions swapped for OpenVINO ones."""
-    import openvino
-
     engine = rapidocr(threads)
-    core = openvino.Core()
     stages = [(engine.text_det, "infer"), (engine.text_cls, "infer"), (engine.text_rec, "session")]
     for stage, attribute in stages:
         session = getattr(stage, attribute, None)
@@ -326,24 +324,18 @@ def _openvino_rapidocr(threads: int) -> RapidOCR:
                 "this rapidocr-onnxruntime no longer exposes its ONNX sessions where pagelens swaps in OpenVINO; "
                 "install rapidocr-onnxruntime 1.4 (`pip install 'rapidocr-onnxruntime>=1.4,<1.5'`)."
             )
-        setattr(stage, attribute, _OpenVinoSession(core, path, threads))
+        setattr(stage, attribute, _OpenVinoSession(path, threads))
     return engine
 
 
 class _OpenVinoSession:
     """Called like RapidOCR's ONNX session: one input array in, the list of outputs back."""
 
-    def __init__(self, core, model_path: str, threads: int) -> None:
-        self._model = core.compile_model(
-            model_path, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-        )
+    def __init__(self, model_path: str, threads: int) -> None:
+        self._model = compile_for_cpu(model_path, threads)
 
     def __call__(self, inputs):
-        # A request per call: one compiled model serves the ingest worker and API uploads at once, and a
-        # request is not safe to share between threads.
-        request = self._model.create_infer_request()
-        request.infer([inputs])
-        return [request.get_output_tensor(0).data.copy()]
+        return [infer(self._model, [inputs])]
 
 
 def _as_rgb(image: Image.Image) -> Image.Image:

