@@ -9,7 +9,7 @@ is SFT'd on them for `--sft-steps` steps (`--lr 3e-3`). Then, per seed, `pagelen
 steps as a user runs it, and this script reads its metrics.jsonl.
 
     python benchmarks/rl_curves.py --kind rsgrpo [--seeds 0 1 2] [--steps 24] [--model SFT_DIR] [--json]
-    python benchmarks/rl_curves.py --kind grpo --protocol pagelens ...
+    python benchmarks/rl_curves.py --kind grpo --protocol pagelens --runs 700 --sft-steps 700 [--save-model DIR]
 
 Each seed's line: reward_mean per step, the first and last quarters' means and their difference. `--plot FILE.png`
 draws the curves (PIL, no plotting library needed).
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,6 +59,14 @@ def sft_model(work: Path, home: Path, protocol: str, args) -> Path:
              "--lr", "3e-3", "--max-steps", str(args.sft_steps), "--save-steps", str(10 * args.sft_steps),
              "--no-gradient-checkpointing", home=home, threads=args.threads)
     return work / "sft"
+
+
+def save_model(model: Path, folder: Path) -> None:
+    """The files that load and serve the model (no optimiser state, no loss history)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in model.iterdir():
+        if path.is_file() and path.name != "trainer_state.json":
+            shutil.copy2(path, folder / path.name)
 
 
 def quarters(values: list[float]) -> tuple[float, float]:
@@ -102,6 +111,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=400, help="runs recorded for the SFT model")
     parser.add_argument("--sft-steps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save-model", type=Path, metavar="DIR",
+                        help="keep the SFT'd starting model in DIR (tests/data/models/ holds the one CI starts from)")
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -114,6 +125,8 @@ def main() -> None:
         started = time.perf_counter()
         model = args.model or sft_model(work, home, protocol, args)
         sft_seconds = time.perf_counter() - started if args.model is None else None
+        if args.save_model:
+            save_model(model, args.save_model)
         result = {"kind": args.kind, "protocol": protocol, "steps": args.steps, "n": args.n,
                   "prompts_per_step": args.prompts_per_step, "lr": args.lr, "max_new_tokens": args.max_new_tokens,
                   "sft_seconds": sft_seconds, "seeds": {}}

@@ -11,8 +11,13 @@ model writes page-like text that greedy decoding drives into loops (`2020…`) a
 on the held-out questions (greedy, one thread): valid_rate 0.3–0.4 in three runs, i.e. search and zoom valid,
 the final turn and its retries not. What we tried (2 shared EPYC cores): the SPEC §8 model (width 64, 400-token vocabulary) 0.0–0.17 after
 700–1,200 steps; width 128 with the 4,096 most frequent Qwen2 tokens 0.13–0.4 after 400–1,400 steps on 150–700
-runs; width 256: see the issue note. Getting the final turn right needs a model that reads pages, or far more
-steps than a CI run allows.
+runs; width 256: see the issue note. Neither decoding nor the data's surface fixed it (width 128, 700 steps, the six
+held-out questions): greedy 0.33, EVisRAG's authors' sampling (temperature 0.1, repetition penalty 1.05) 0.39,
+temperature 0.7 0.36, 1.0 0.17; training rows without the document name in the evidence and without the
+extractive policy's "quoted from" suffix in the answer 0.0–0.43; the page's text in view (`page_text`) 0.4, its
+final turns still garbled. Getting the final turn right needs a model that reads pages, or far more steps than a
+CI run allows. It does close an answer now and then when sampling, which is what multi-turn GRPO starts from
+(test_rl_reward_rise.py).
 
 Training data: the first 14 sample questions plus questions cut from the pages' text lines (3 to 9 words), RUNS
 runs in all, so the model sees many different questions rather than memorising a few. The model: `pagelens

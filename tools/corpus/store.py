@@ -355,16 +355,15 @@ class PageStore:
             if cache is not None and cache.generation == generation:
                 return cache
             folder = self.home / kind
-            copy = MemoryIndex if kind == PASSAGE_COPY else MultiVectorIndex
+            copy, build, rows_of = self._copy_parts(kind)
             cache = cache or copy.load(folder)
             if cache is None or cache.generation != generation:
                 changed = None if cache is None else self.catalog.changed_since(cache.generation)
                 if changed is None:
-                    cache = self._build_copy(kind, generation)
+                    cache = build(generation)
                 else:
                     present = [d for d in sorted(changed) if self.catalog.document(d) is not None]
-                    rows = self._copy_rows(kind, present) if present else []
-                    cache = cache.update(generation, changed, rows)
+                    cache = cache.update(generation, changed, rows_of(present) if present else [])
                 cache.save(folder)
                 # The change log is kept back to the oldest copy still to catch up.
                 kinds = [PASSAGE_COPY] + ([PAGE_VECTOR_COPY] if self.page_vectors is not None else [])
@@ -374,10 +373,13 @@ class PageStore:
             self._caches[kind] = cache
             return cache
 
-    def _build_copy(self, kind: str, generation: int):
+    def _copy_parts(self, kind: str):
+        """A derived copy's class, how to build it from every row in Milvus at a generation, and how to read the
+        rows of some documents to catch it up."""
         if kind == PASSAGE_COPY:
-            return MemoryIndex.build(generation, self.vectors.rows(), self.vectors.dim)
-        return MultiVectorIndex.build(self.page_vectors.pages(), self.page_vectors.dim, generation=generation)
-
-    def _copy_rows(self, kind: str, document_ids: list[str]):
-        return self.vectors.rows(document_ids) if kind == PASSAGE_COPY else self.page_vectors.pages(document_ids)
+            vectors = self.vectors
+            return (MemoryIndex, lambda generation: MemoryIndex.build(generation, vectors.rows(), vectors.dim),
+                    vectors.rows)
+        pages = self.page_vectors
+        return (MultiVectorIndex,
+                lambda generation: MultiVectorIndex.build(pages.pages(), pages.dim, generation=generation), pages.pages)
