@@ -1,17 +1,24 @@
-"""Multi-turn GRPO raises the mean reward (issue 11): a short run of `benchmarks/rl_curves.py --kind grpo` in CI.
+"""RS-GRPO and multi-turn GRPO raise the mean reward (issue 11): short runs of `benchmarks/rl_curves.py` in CI.
 
-It starts from `tests/data/models/sft-pagelens-tiny`, part 1's loop already run: the width-128, 4,096-token tiny
-Qwen2.5-VL SFT'd for 700 steps on 700 runs the extractive policy recorded on the sample corpus with the pagelens
-protocol (`python benchmarks/rl_curves.py --kind grpo --protocol pagelens --runs 700 --sft-steps 700
---save-model DIR` makes it again, in about 5 minutes; recording and SFT would triple this test's time).
+Each starts from a checkpoint in `tests/data/models/` (see its README), part 1's loop already run: the width-128,
+4,096-token tiny Qwen2.5-VL SFT'd on runs the extractive policy recorded on the sample corpus, with the evisrag
+protocol for RS-GRPO and the pagelens protocol for GRPO (`benchmarks/rl_curves.py --save-model DIR` makes them
+again; recording and SFT in the test would double its time). Then `pagelens train rsgrpo|grpo` runs on the sample
+questions as a user runs it, and the mean reward of the last quarter of the steps must beat the first quarter's
+(the issue's measure).
 
-That model searches and zooms validly but closes an `<answer>` in few of its sampled rollouts, and VRAG-RL's
-reward is 0 without one, so the reward starts near 0 and GRPO has only the rollouts that answered to learn from.
-Then `pagelens train grpo` runs 24 steps of 2 prompts × n 8 on the sample questions, as a user runs it, and the
-mean reward of the last quarter of the steps must beat the first quarter's (the issue's measure). Measured from
-this model on a 2-core x86-64 machine, seeds 0, 1, 2: 0.039 → 0.068, 0.027 → 0.069, 0.028 → 0.057, a rise of
-about 3 standard errors each. The seed is fixed, yet another CPU's arithmetic samples other rollouts, so the
-test rests on that margin; with n 4 one seed in six did not rise, which is why it samples 8 (about 5 minutes).
+- RS-GRPO, 16 steps of 2 prompts × n 4 (about 1.5 minutes): the evisrag model's replies start near −1 on EVisRAG's
+  overall reward, nearly all under 200 tokens, which the overlong term scores −1 (none is well formed, none right),
+  and RS-GRPO raises it by teaching longer replies: the overlong term is the one this model can earn, and the
+  only one that moves (seed 0: −1 → −0.125 on the last step). From this model, seeds 0, 1, 2: −0.91 → −0.44,
+  −0.72 → 0.00, −0.81 → −0.20.
+- Multi-turn GRPO, 24 steps of 2 prompts × n 8: the pagelens model searches and zooms validly but closes an
+  `<answer>` in few sampled rollouts, and VRAG-RL's reward is 0 without one, so it starts near 0 and GRPO learns
+  from the rollouts that answered. From this model on a 2-core x86-64 machine, seeds 0, 1, 2: 0.039 → 0.068,
+  0.027 → 0.069, 0.028 → 0.057, a rise of about 3 standard errors each; with n 4 one seed in six did not rise,
+  which is why it samples 8 (about 5 minutes).
+
+The seed is fixed, yet another CPU's arithmetic samples other rollouts, so each test rests on its margin.
 """
 
 from __future__ import annotations
@@ -25,23 +32,28 @@ import pytest
 from pagelens.training.loop import METRICS
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = REPO / "tests" / "data" / "models" / "sft-pagelens-tiny"
+MODELS = REPO / "tests" / "data" / "models"
 QUESTIONS = REPO / "servers" / "sample" / "questions.jsonl"
-STEPS = 24
+RUNS = {
+    "rsgrpo": (MODELS / "sft-evisrag-tiny", 16, ["--n", "4", "--no-filter"]),
+    "grpo": (MODELS / "sft-pagelens-tiny", 24, ["--n", "8", "--protocol", "pagelens", "--max-turns", "3"]),
+}
 
 
 @pytest.mark.slow
-def test_multi_turn_grpo_raises_the_mean_reward(cli, sample_copy, tmp_path):
-    out = tmp_path / "grpo"
+@pytest.mark.parametrize("kind", sorted(RUNS))
+def test_rl_raises_the_mean_reward(kind, cli, sample_copy, tmp_path):
+    model, steps, options = RUNS[kind]
+    out = tmp_path / kind
     # One thread: on a shared two-core machine two threads that wait for each other run several times slower.
-    cli("train", "grpo", "--protocol", "pagelens", "--model", str(MODEL), "--data", str(QUESTIONS), "--out", str(out),
-        "--seed", "0", "--steps", str(STEPS), "--n", "8", "--prompts-per-step", "2", "--lr", "3e-4",
-        "--max-new-tokens", "320", "--max-turns", "3", "--device", "cpu", home=sample_copy,
-        env={"OMP_NUM_THREADS": "1"}, timeout=1200)
-    steps = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
-    assert [entry["step"] for entry in steps] == list(range(1, STEPS + 1))
-    rewards = [entry["reward_mean"] for entry in steps]
-    quarter = STEPS // 4
+    cli("train", kind, "--model", str(model), "--data", str(QUESTIONS), "--out", str(out), "--seed", "0",
+        "--steps", str(steps), "--prompts-per-step", "2", "--lr", "3e-4", "--max-new-tokens", "320",
+        "--device", "cpu", *options, home=sample_copy, env={"OMP_NUM_THREADS": "1"}, timeout=1200)
+    lines = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    assert [entry["step"] for entry in lines] == list(range(1, steps + 1))
+    rewards = [entry["reward_mean"] for entry in lines]
+    quarter = steps // 4
     first, last = statistics.fmean(rewards[:quarter]), statistics.fmean(rewards[-quarter:])
-    print(f"multi-turn GRPO reward_mean: first quarter {first:.4f}, last quarter {last:.4f}; per step {rewards}")
+    print(f"{kind} reward_mean: first quarter {first:.4f}, last quarter {last:.4f}; per step {rewards}; "
+          f"first step {lines[0]}, last step {lines[-1]}")
     assert last > first, rewards
