@@ -10,6 +10,10 @@ steps as a user runs it, and this script reads its metrics.jsonl.
 
     python benchmarks/rl_curves.py --kind rsgrpo [--seeds 0 1 2] [--steps 24] [--model SFT_DIR] [--json]
     python benchmarks/rl_curves.py --kind grpo --protocol pagelens --runs 700 --sft-steps 700 [--save-model DIR]
+    python benchmarks/rl_curves.py --kind grpo --model tests/data/models/sft-pagelens-tiny --n 8   # README figures
+
+Multi-turn GRPO needs a model that closes an answer in some rollouts (VRAG-RL's reward is 0 otherwise): 700 runs
+and 700 SFT steps make one; n 8 gives each step enough rollouts that answered to rise on every seed tried.
 
 Each seed's line: reward_mean per step, the first and last quarters' means and their difference. `--plot FILE.png`
 draws the curves (PIL, no plotting library needed).
