@@ -124,11 +124,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _wait_until(ready, proc: subprocess.Popen, log: Path, what: str, *, seconds: float) -> None:
+    """Poll `ready()` until it is true; fail the test, showing `log`, if `proc` exits first or `seconds` pass."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited {proc.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not answer in {seconds:g} s:\n{log.read_text()}")
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def _serve(folder: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """`pagelens serve ARGS` (policy, mcp, …) in a real subprocess on a free loopback port, run in `folder`; yields
     its base URL once it answers HTTP, and checks its log has no traceback when it stops."""
-    import time
     import urllib.error
     import urllib.request
 
@@ -140,21 +152,18 @@ def _serve(folder: Path, *args: str, env: dict[str, str] | None = None) -> Itera
                                 cwd=folder, stdout=err, stderr=err,
                                 env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=1)
+        except urllib.error.HTTPError:
+            pass  # any HTTP answer (an MCP server has no /healthz) means it is serving
+        except OSError:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited {proc.returncode}:\n{log.read_text()}")
-            try:
-                urllib.request.urlopen(f"{url}/healthz", timeout=1)
-                break
-            except urllib.error.HTTPError:
-                break  # any HTTP answer (an MCP server has no /healthz) means it is serving
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer in 120 s:\n{log.read_text()}")
-            time.sleep(0.2)
+        _wait_until(answers, proc, log, "the server", seconds=120)
         yield url
     finally:
         proc.terminate()
@@ -168,7 +177,6 @@ def served(tmp_path_factory) -> Iterator[str]:
     tests of one module; its URI."""
     import shutil
     import socket
-    import time
 
     folder = tmp_path_factory.mktemp("milvus-server")
     port = free_port()
@@ -176,18 +184,16 @@ def served(tmp_path_factory) -> Iterator[str]:
     with open(folder / "server.log", "w") as log:
         proc = subprocess.Popen([command, "server", "--data-dir", str(folder / "data"), "--host", "127.0.0.1",
                                  "--port", str(port)], stdout=log, stderr=log)
+
+    def listens() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"milvus-lite server exited {proc.returncode}:\n{(folder / 'server.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("milvus-lite server did not listen in 60 s")
-                time.sleep(0.2)
+        _wait_until(listens, proc, folder / "server.log", "milvus-lite server", seconds=60)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
