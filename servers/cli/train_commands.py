@@ -28,6 +28,8 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved model)")
     p.add_argument("--epochs", type=float, help="passes over the data (default 1)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-7)")
+    p.add_argument("--warmup", type=float, metavar="RATIO",
+                   help="share of the steps spent warming the learning rate up from 0 (default 0)")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimiser steps (overrides --epochs)")
     p.add_argument("--save-steps", type=int, metavar="N",
                    help="write a resumable checkpoint every N steps (default 100)")
@@ -113,8 +115,8 @@ def train_sft(args: argparse.Namespace) -> int:
     from pagelens.training.sft import check_model_folder, train_sft as train
 
     check_model_folder(args.model)
-    flags = {"epochs": args.epochs, "learning_rate": args.lr, "max_steps": args.max_steps,
-             "save_steps": args.save_steps}
+    flags = {"epochs": args.epochs, "learning_rate": args.lr, "warmup_ratio": args.warmup,
+             "max_steps": args.max_steps, "save_steps": args.save_steps}
     settings = SFTSettings(lora=args.lora, gradient_checkpointing=not args.no_gradient_checkpointing,
                            **{name: value for name, value in flags.items() if value is not None})
     rows = _rows(args)

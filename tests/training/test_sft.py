@@ -148,6 +148,11 @@ def test_bad_model_folder_or_missing_image_is_one_sentence_and_exit_2(cli, make_
     assert len(lines) == 1 and lines[0].startswith(f"error: trajectory file {path} line 1 points at image {image}")
     assert lines[0].endswith("copy the images/ folder beside the trajectory file.")
 
+    proc = cli("train", "sft", "--model", str(config), "--data", str(path), "--out", str(tmp_path / "o"),
+               "--warmup", "1.5", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: warm-up ratio 1.5 is outside [0, 1); give for example 0.03."]
+
 
 def test_tiny_model_command_writes_a_checkpoint_that_loads_offline(cli, tmp_path):
     proc = cli("tiny-model", "qwen2.5-vl", str(tmp_path / "tiny"), "--vocab", "small")
