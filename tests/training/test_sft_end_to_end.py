@@ -17,9 +17,9 @@ temperature 0.7 0.36, 1.0 0.17; training rows without the document name in the e
 extractive policy's "quoted from" suffix in the answer 0.0–0.43; the page's text in view (`page_text`) 0.4, its
 final turns still garbled. Longer SFT of the same model (`--warmup 0.03`, one run each, greedy): 700 runs and
 2,000 steps 0.63, 4,000 steps 0.86 (26 minutes of SFT; every held-out question ends in a valid answer, three of
-its 21 turns invalid: inverted boxes and an empty `<answer>`), 6,000 steps 0.63 (8.5 passes over the runs; loss
-0.08, it recites memorised page lines); 2,000 runs and 4,000 steps 0.70. More steps help until the model
-memorises the runs; none reached 0.9. Getting the final turn right needs a model that reads pages, or more steps
+its 21 turns invalid: inverted boxes and an empty `<answer>`), and 0.90 with data-order seed 1 (23 minutes),
+6,000 steps 0.63 (8.5 passes over the runs; loss 0.08, it recites memorised page lines); 2,000 runs and 4,000
+steps 0.70. More steps help until the model memorises the runs; 0.9 was reached once, by one seed of two. Getting the final turn right needs a model that reads pages, or more steps
 than a CI run allows. It does close an answer now and then when sampling, which is what multi-turn GRPO starts from
 (test_rl_reward_rise.py).
 
