@@ -33,6 +33,8 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimiser steps (overrides --epochs)")
     p.add_argument("--save-steps", type=int, metavar="N",
                    help="write a resumable checkpoint every N steps (default 100)")
+    p.add_argument("--seed", type=int, metavar="S",
+                   help="seed of the data order and of new LoRA weights (default 0)")
     p.add_argument("--no-gradient-checkpointing", action="store_true",
                    help="keep activations instead of recomputing them: about a third faster, more memory (fine for "
                         "a tiny model on the CPU)")
@@ -116,7 +118,7 @@ def train_sft(args: argparse.Namespace) -> int:
 
     check_model_folder(args.model)
     flags = {"epochs": args.epochs, "learning_rate": args.lr, "warmup_ratio": args.warmup,
-             "max_steps": args.max_steps, "save_steps": args.save_steps}
+             "max_steps": args.max_steps, "save_steps": args.save_steps, "seed": args.seed}
     settings = SFTSettings(lora=args.lora, gradient_checkpointing=not args.no_gradient_checkpointing,
                            **{name: value for name, value in flags.items() if value is not None})
     rows = _rows(args)
