@@ -3,7 +3,10 @@
 A row is one whole run: `messages` in the chat form the policy was served with, user image parts replaced by
 `{"type": "image"}` placeholders, and `images`, the absolute paths of the PNG files those placeholders stand for,
 in order. Every assistant turn of the run is a training target and nothing else is (SPEC §2c: only `assistant`
-messages are trained on); `pagelens.training.sft` masks the rest out of the loss.
+messages are trained on); `pagelens.training.sft` masks the rest out of the loss. The exception is a turn the
+environment rejected, one answered by the protocol's "invalid action" message: it stays in the row, so the turn
+after it teaches how to recover, but it is marked `"train": false` and kept out of the loss, since training on it
+would teach the mistake.
 
 The trajectory file is read with `pagelens.graph.trajectory.read_trajectories`, which confines image paths to the
 file's folder, checks the images exist, and names the file and line of anything malformed.
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from pagelens.errors import BadInputError
 from pagelens.graph.trajectory import read_trajectories
+from pagelens.prompts.loader import load_template
 from pagelens.training.metrics import answer_metrics
 
 # What LLaMA-Factory's sharegpt reader counts as one image, in order, in a turn's text.
@@ -103,16 +107,35 @@ def to_row(run: dict, *, where: str = "the run") -> dict:
             raise BadInputError(f"{where} has an image in an assistant message; only user turns carry images, so "
                                 f"fix that line or record the run again.")
         messages.append({"role": role, "content": parts})
-    if not any(message["role"] == "assistant" for message in messages):
+    is_retry = _retry_test(run.get("protocol"))
+    for message, following in zip(messages, messages[1:]):
+        if message["role"] == "assistant" and following["role"] == "user" and is_retry(following):
+            message["train"] = False
+    if not any(message["role"] == "assistant" and message.get("train", True) for message in messages):
         raise BadInputError(f"{where} has no assistant message to train on; drop it or record the run again.")
     return {"id": str(run.get("id", "")), "messages": messages, "images": images}
+
+
+def _retry_test(protocol: object):
+    """Whether a user message is `protocol`'s "invalid action" message (evisrag answers once and has none)."""
+    if protocol not in ("vrag", "pagelens"):
+        return lambda message: False
+    marker = "\x00"
+    prefix, suffix = load_template(f"{protocol}_invalid_action").render(reason=marker).split(marker)
+
+    def is_retry(message: dict) -> bool:
+        text = "".join(part.get("text", "") for part in message["content"])
+        return text.startswith(prefix) and text.endswith(suffix)
+
+    return is_retry
 
 
 def export_sharegpt(rows: list[dict], folder: Path, name: str = "pagelens_sft") -> Path:
     """Write `rows` as LLaMA-Factory's multimodal sharegpt dataset `name` in `folder`; returns the JSON file.
 
     `folder` gets `<name>.json` (one record per row: `messages` with one `<image>` per image in the text of its turn,
-    in order, and `images`, paths relative to `folder`), the images under `images/`, and `dataset_info.json` with
+    in order, and `images`, paths relative to `folder`; a rejected turn and its retry message are left out, as
+    LLaMA-Factory would train on every assistant turn), the images under `images/`, and `dataset_info.json` with
     the entry for `name` (other entries there are kept). Point LLaMA-Factory's `dataset_dir` at `folder`.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -143,7 +166,10 @@ def export_sharegpt(rows: list[dict], folder: Path, name: str = "pagelens_sft") 
 def _sharegpt_record(row: dict, folder: Path) -> dict:
     images: Iterator[str] = iter(row["images"])
     system, turns, paths = "", [], []
-    for message in row["messages"]:
+    for message, previous in zip(row["messages"], [{}, *row["messages"]]):
+        # sharegpt has no per-turn loss mask: a rejected turn and the retry message after it are left out.
+        if message.get("train") is False or previous.get("train") is False:
+            continue
         text = ""
         for part in message["content"]:
             if part["type"] == "image":

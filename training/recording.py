@@ -2,15 +2,23 @@
 
 A store's own questions are few; more come from phrases cut from its pages' text, each asked as a question, so the
 recorded runs cover every page and every turn kind (search, crop, answer) the protocol has.
+
+The extractive policy never errs, so a model trained only on its runs has never seen the protocol's "invalid
+action" message, and after its first malformed turn it writes noise until the turns run out. With `slips`, some
+turns are first written malformed, in the ways a small model errs (the turn ended right after `<think>`, the action
+tag left open, a box upside down), then written right after the real graph's retry message: the runs teach the
+recovery, and `pagelens.training.data` keeps the malformed turns out of the loss.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 from pagelens.graph.build import Agent
 from pagelens.graph.policies import make_policy
+from pagelens.graph.policies.interface import Completion, Policy, PolicyRequest
 from pagelens.graph.settings import AgentSettings, PolicySettings
 from pagelens.graph.trajectory import append_trajectory
 from pagelens.tools.corpus.store import PageStore, StoreSettings
@@ -30,13 +38,55 @@ def phrase_questions(store: PageStore, count: int, seed: int = 0) -> list[str]:
     return questions
 
 
-def record_extractive_runs(home: Path, questions: list[str], runs: int, path: Path, protocol: str = "pagelens") -> int:
+class SlippingPolicy:
+    """`inner`, except that with probability `rate` a turn is first written malformed, and the turn `inner` chose
+    comes on the next call, after the graph's retry message (see the module docstring)."""
+
+    def __init__(self, inner: Policy, rate: float, seed: int = 0) -> None:
+        self.inner, self.rate, self.name = inner, rate, inner.name
+        self._rng = random.Random(seed)
+        self._owed: tuple[tuple, Completion] | None = None
+
+    def complete(self, request: PolicyRequest) -> Completion:
+        where = (request.question, len(request.images))  # a retry shows no new image
+        if self._owed is not None and self._owed[0] == where and not request.answer_now:
+            completion, self._owed = self._owed[1], None
+            return completion
+        self._owed = None
+        completion = self.inner.complete(request)
+        if request.answer_now or self._rng.random() >= self.rate:
+            return completion
+        slipped = slip(completion.text, self._rng)
+        if slipped is None:
+            return completion
+        self._owed = (where, completion)
+        return Completion(slipped)  # no parsed turn: the graph parses the text and rejects it
+
+
+def slip(text: str, rng: random.Random) -> str | None:
+    """`text`, a turn in the protocol's words, written malformed in one of the ways a small model errs; None when
+    none applies."""
+    options = []
+    if "<think>" in text:
+        options.append(text[: text.index("<think>") + len("<think>")])
+    closed = re.search(r"</(search|bbox|answer)>\s*$", text)
+    if closed:
+        options.append(text[: closed.start()])
+    box = re.search(r"<bbox>\[([^,\]]+), ([^,\]]+), ([^,\]]+), ([^,\]]+)\]</bbox>", text)
+    if box and box[2] != box[4]:
+        options.append(text[: box.start()] + f"<bbox>[{box[1]}, {box[4]}, {box[3]}, {box[2]}]</bbox>" + text[box.end():])
+    return rng.choice(options) if options else None
+
+
+def record_extractive_runs(home: Path, questions: list[str], runs: int, path: Path, protocol: str = "pagelens",
+                           slips: float = 0.0) -> int:
     """What `pagelens ask --policy extractive --trajectory PATH` records, for `questions` and then for phrase
     questions up to `runs` in all, in one process (the command loads the embedder once per question); returns how
-    many runs were recorded."""
+    many runs were recorded. `slips` is the share of turns first written malformed (see the module docstring)."""
     with PageStore(StoreSettings(home=home)) as store:
         asked = list(questions) + phrase_questions(store, max(0, runs - len(questions)))
-        agent = Agent(store, make_policy(PolicySettings()), AgentSettings(protocol=protocol))
+        policy = make_policy(PolicySettings())
+        agent = Agent(store, SlippingPolicy(policy, slips) if slips else policy, AgentSettings(protocol=protocol))
         for question in asked:
             append_trajectory(agent.ask(question), agent.context.pages.page, path)
     return len(asked)

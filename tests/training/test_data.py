@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pagelens.errors import BadInputError, NotFoundError
+from pagelens.prompts.loader import load_template
 from pagelens.training.data import IMAGE_PLACEHOLDER, RowFilter, export_sharegpt, read_rows
 
 
@@ -80,7 +81,13 @@ def test_a_run_without_an_assistant_turn_is_an_error_naming_it(make_run, write_r
 
 
 def test_sharegpt_export_for_llama_factory(make_run, write_runs, tmp_path):
-    path = write_runs([make_run("q1", "4.2", number=1), make_run("q2", "7", number=2)])
+    # The second run's search was rejected once: sharegpt has no per-turn loss mask, so that turn and its retry
+    # message are left out and both runs export alike.
+    retried = make_run("q2", "7", number=2)
+    retry = load_template("pagelens_invalid_action").render(reason="the <search> tag is never closed with </search>")
+    retried["messages"][1:1] = [{"role": "assistant", "content": "<search>q2"},
+                                {"role": "user", "content": [{"type": "text", "text": retry}]}]
+    path = write_runs([make_run("q1", "4.2", number=1), retried])
     rows = read_rows([path]).rows
     folder = tmp_path / "export"
     folder.mkdir()
@@ -99,8 +106,9 @@ def test_sharegpt_export_for_llama_factory(make_run, write_runs, tmp_path):
         assert len(record["images"]) == 2
         for relative, original in zip(record["images"], row["images"]):
             assert (folder / relative).read_bytes() == open(original, "rb").read()
-        assert turns[5]["content"] == row["messages"][5]["content"][0]["text"]
+        assert turns[5]["content"] == row["messages"][-1]["content"][0]["text"]
         assert record["system"] == ""
+    assert '"<search>q2"' not in target.read_text() and "invalid" not in target.read_text()
     info = json.loads((folder / "dataset_info.json").read_text())
     assert info["other"] == {"file_name": "other.json"}
     assert info["pagelens_sft"]["file_name"] == "pagelens_sft.json"

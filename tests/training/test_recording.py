@@ -8,6 +8,7 @@ import pytest
 
 from pagelens.errors import BadInputError
 from pagelens.tools.corpus.store import PageStore, StoreSettings
+from pagelens.training.data import RowFilter, read_rows
 from pagelens.training.recording import phrase_questions, record_extractive_runs
 from pagelens.training.sft import output_folder
 
@@ -31,6 +32,24 @@ def test_runs_are_recorded_for_the_questions_then_phrases(sample_copy, tmp_path)
     runs = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(runs) == 3 and runs[0]["question"] == asked[0]
     assert all(run["protocol"] == "pagelens" for run in runs)
+
+
+@pytest.mark.slow
+def test_slipped_turns_are_rejected_by_the_graph_then_retried_and_kept_out_of_the_loss(sample_copy, tmp_path):
+    path = tmp_path / "runs.jsonl"
+    record_extractive_runs(sample_copy, [], 8, path, slips=0.5)
+    rows = read_rows([path], RowFilter(answered=False)).rows
+    retries = 0
+    for row in rows:
+        messages = row["messages"]
+        for turn, message in enumerate(messages):
+            if message.get("train") is False:
+                retries += 1
+                # The real graph's retry message, then the turn the policy meant, which is trained on.
+                assert messages[turn + 1]["content"][0]["text"].startswith("Your previous action was invalid")
+                assert messages[turn + 2]["role"] == "assistant" and "train" not in messages[turn + 2]
+    assert retries >= 3, rows
+    assert sum(row["messages"][-1]["content"][0]["text"].endswith("</answer>") for row in rows) >= 6
 
 
 def test_the_output_folder_is_neither_a_file_nor_the_model(tmp_path):

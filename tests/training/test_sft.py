@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,25 +32,31 @@ def _weights(folder: Path) -> dict:
     return load_file(folder / "model.safetensors")
 
 
+def _render(processor, row: dict) -> tuple[Any, Any]:
+    """The row's token ids as training sees them, and its assistant-token (loss) mask."""
+    from PIL import Image
+
+    images = iter([Image.open(path).convert("RGB") for path in row["images"]])
+    messages = [{**m, "content": [dict(part) for part in m["content"]]} for m in row["messages"]]
+    for part in (p for m in messages for p in m["content"] if p["type"] == "image"):
+        part["image"] = next(images)
+    out = processor.apply_chat_template([messages], tokenize=True, return_dict=True, return_tensors="pt",
+                                        return_assistant_tokens_mask=True)
+    return out, out["assistant_masks"][0].bool()
+
+
 def test_the_loss_covers_exactly_the_assistant_turns_and_the_text_is_what_serving_renders(tiny_qwen, make_run,
                                                                                          write_runs):
     row = read_rows([write_runs([make_run("What was revenue in 2023?", "4.2 million", number=1)])]).rows[0]
     processor = image_only_processor(tiny_qwen, SFTSettings())
-    from PIL import Image
-
-    images = [Image.open(path).convert("RGB") for path in row["images"]]
-    messages = [{**m, "content": [dict(part) for part in m["content"]]} for m in row["messages"]]
-    for part, image in zip((p for m in messages for p in m["content"] if p["type"] == "image"), images):
-        part["image"] = image
 
     # The training template renders the same text as the checkpoint's own (served) template.
     assert "endgeneration" not in processor.tokenizer.chat_template and "endgeneration" in processor.chat_template
     assert (processor.apply_chat_template(row["messages"], tokenize=False)
             == processor.tokenizer.apply_chat_template(row["messages"], tokenize=False))
 
-    out = processor.apply_chat_template([messages], tokenize=True, return_dict=True, return_tensors="pt",
-                                        return_assistant_tokens_mask=True)
-    ids, mask = out["input_ids"][0], out["assistant_masks"][0].bool()
+    out, mask = _render(processor, row)
+    ids = out["input_ids"][0]
     tokenizer = processor.tokenizer
     # Every assistant turn and its end token, nothing else: no instruction, no image, no turn header.
     replies = [m["content"][0]["text"] for m in row["messages"] if m["role"] == "assistant"]
@@ -60,10 +67,35 @@ def test_the_loss_covers_exactly_the_assistant_turns_and_the_text_is_what_servin
     assert out["image_grid_thw"].tolist() == [[1, 50, 38], [1, 16, 72]]
 
 
+def test_a_rejected_turn_stays_in_context_and_out_of_the_loss(tiny_qwen, make_run, write_runs):
+    from pagelens.prompts.loader import load_template
+
+    run = make_run("What was revenue in 2023?", "4.2 million", number=1)
+    rejected = "<think>Zoom in.</think><bbox>[10, 90, 300, 20]</bbox>"
+    retry = load_template("pagelens_invalid_action").render(reason="the box [10, 90, 300, 20] is inverted")
+    run["messages"][3:3] = [{"role": "assistant", "content": rejected},
+                            {"role": "user", "content": [{"type": "text", "text": retry}]}]
+    row = read_rows([write_runs([run])]).rows[0]
+    assert [m.get("train", True) for m in row["messages"] if m["role"] == "assistant"] == [True, False, True, True]
+
+    processor = image_only_processor(tiny_qwen, SFTSettings())
+    served = processor.tokenizer.apply_chat_template(row["messages"], tokenize=False)
+    assert processor.apply_chat_template(row["messages"], tokenize=False) == served and rejected in served
+    out, mask = _render(processor, row)
+    accepted = [m["content"][0]["text"] for m in row["messages"] if m["role"] == "assistant" and "train" not in m]
+    assert processor.tokenizer.decode(out["input_ids"][0][mask]) == "".join(r + "<|im_end|>" for r in accepted)
+
+
 def _train(folder: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "pagelens", "train", "sft", *args], cwd=folder, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _train_to_end(folder: Path, *args: str) -> None:
+    proc = _train(folder, *args)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
 
 
 @pytest.mark.slow
@@ -111,10 +143,8 @@ def test_sft_resumes_after_a_kill_and_writes_a_servable_checkpoint(tiny_small, m
 def test_lora_adapters_are_merged_into_a_plain_checkpoint(tiny_small, make_run, write_runs, tmp_path):
     path = write_runs([make_run("question?", "answer", number=1)])
     out = tmp_path / "lora"
-    proc = _train(tmp_path, "--model", str(tiny_small), "--data", str(path), "--out", str(out), "--lora",
+    _train_to_end(tmp_path, "--model", str(tiny_small), "--data", str(path), "--out", str(out), "--lora",
                   "--lr", "1e-2", "--max-steps", "2", "--device", "cpu")
-    _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr
 
     after, before = _weights(out), _weights(tiny_small)
     assert set(after) == set(before)  # no adapter weights left: merged
@@ -128,10 +158,8 @@ def test_seed_sets_the_data_order_so_a_run_repeats_exactly(tiny_small, make_run,
     path = write_runs([make_run(f"question {i}?", f"answer {i}", number=i) for i in range(4)])
 
     def trained(seed: int, name: str) -> dict:
-        proc = _train(tmp_path, "--model", str(tiny_small), "--data", str(path), "--out", str(tmp_path / name),
+        _train_to_end(tmp_path, "--model", str(tiny_small), "--data", str(path), "--out", str(tmp_path / name),
                       "--lr", "1e-2", "--max-steps", "2", "--seed", str(seed), "--device", "cpu")
-        _, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stderr
         return _weights(tmp_path / name)
 
     first, again, other = trained(1, "first"), trained(1, "again"), trained(0, "other")

@@ -21,9 +21,12 @@ steps 0.63, 6,000 steps 0.63 (8.5 passes over the runs; loss 0.08, it recites me
 seeds 0-5. The good seeds end every held-out question in a valid answer (invalid: an inverted box, an empty
 `<answer>`); the others end a turn right after `<think>` (the bigram `>`, `<|im_end|>` closes every trained turn) or
 write noise after an "invalid action" turn they never saw in training; `--lr 1e-3` gave seeds 2 and 4 0.54 and 0.60.
-0.9 is reached by two seeds of six: getting every turn right needs a model that reads pages, or more steps than a CI
-run allows. It does close an answer now and then when sampling, which is what multi-turn GRPO starts from
-(test_rl_reward_rise.py).
+Rows that teach the recovery (`slips`, pagelens.training.recording: 15% of the recorded turns first written
+malformed, then retried after the real retry message, the malformed turn kept out of the loss; the test's default,
+PAGELENS_SFT_SLIPS=0 for the figures above) lifted the two worst seeds, 700 runs and 4,000 steps: seed 2 0.52 → 0.91,
+seed 4 0.54 → 0.81 (at this test's 700 steps, seed 0: 0.50); what stays invalid is mostly one turn a question,
+then recovered. 0.9 is still not reached reliably, nor in the minutes a CI run allows. It does close an answer now
+and then when sampling, which is what multi-turn GRPO starts from (test_rl_reward_rise.py).
 
 Training data: the first 14 sample questions plus questions cut from the pages' text lines (3 to 9 words), RUNS
 runs in all, so the model sees many different questions rather than memorising a few. The model: `pagelens
@@ -53,6 +56,7 @@ RUNS = 700
 # The figures above: PAGELENS_SFT_STEPS=4000 PAGELENS_SFT_SEED=S (longer runs warm the learning rate up first).
 STEPS = int(os.environ.get("PAGELENS_SFT_STEPS", "700"))
 SEED = int(os.environ.get("PAGELENS_SFT_SEED", "0"))
+SLIPS = float(os.environ.get("PAGELENS_SFT_SLIPS", "0.15"))
 WARMUP = 0.03 if STEPS > 700 else 0.0
 
 
@@ -79,7 +83,8 @@ def test_sft_teaches_the_tiny_model_the_protocol_turns(sample_copy, cli, policy_
     # One question through the real command, the rest in-process through the same agent and trajectory writer.
     cli("ask", questions[0]["question"], "--policy", "extractive", "--protocol", "pagelens", "--trajectory", str(runs),
         home=sample_copy)
-    recorded = 1 + record_extractive_runs(sample_copy, [q["question"] for q in questions[1:TRAIN]], RUNS, runs)
+    recorded = 1 + record_extractive_runs(sample_copy, [q["question"] for q in questions[1:TRAIN]], RUNS, runs,
+                                          slips=SLIPS)
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text("".join(json.dumps({"question": q["question"], "answers": [q["answer"]],
                                             "pages": [{"document": q["document"], "page": q["page"]}]}) + "\n"
