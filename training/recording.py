@@ -16,6 +16,7 @@ import random
 import re
 from pathlib import Path
 
+from pagelens.errors import BadInputError
 from pagelens.graph.build import Agent
 from pagelens.graph.policies import make_policy
 from pagelens.graph.policies.interface import Completion, Policy, PolicyRequest
@@ -74,7 +75,8 @@ def slip(text: str, rng: random.Random) -> str | None:
         options.append(text[: closed.start()])
     box = re.search(r"<bbox>\[([^,\]]+), ([^,\]]+), ([^,\]]+), ([^,\]]+)\]</bbox>", text)
     if box and box[2] != box[4]:
-        options.append(text[: box.start()] + f"<bbox>[{box[1]}, {box[4]}, {box[3]}, {box[2]}]</bbox>" + text[box.end():])
+        upside_down = f"<bbox>[{box[1]}, {box[4]}, {box[3]}, {box[2]}]</bbox>"
+        options.append(text[: box.start()] + upside_down + text[box.end() :])
     return rng.choice(options) if options else None
 
 
@@ -83,6 +85,12 @@ def record_extractive_runs(home: Path, questions: list[str], runs: int, path: Pa
     """What `pagelens ask --policy extractive --trajectory PATH` records, for `questions` and then for phrase
     questions up to `runs` in all, in one process (the command loads the embedder once per question); returns how
     many runs were recorded. `slips` is the share of turns first written malformed (see the module docstring)."""
+    if not 0 <= slips < 1:
+        raise BadInputError(f"slips {slips} is outside [0, 1); give the share of turns to write malformed first, "
+                            f"for example 0.15.")
+    if slips and protocol == "evisrag":
+        raise BadInputError("slips need a protocol that retries a rejected turn; evisrag answers once, so record "
+                            "its runs with slips 0 or use the pagelens or vrag protocol.")
     with PageStore(StoreSettings(home=home)) as store:
         asked = list(questions) + phrase_questions(store, max(0, runs - len(questions)))
         policy = make_policy(PolicySettings())

@@ -52,6 +52,14 @@ def test_slipped_turns_are_rejected_by_the_graph_then_retried_and_kept_out_of_th
     assert sum(row["messages"][-1]["content"][0]["text"].endswith("</answer>") for row in rows) >= 6
 
 
+def test_slips_need_a_share_below_one_and_a_protocol_that_retries(tmp_path):
+    with pytest.raises(BadInputError, match="outside"):
+        record_extractive_runs(tmp_path / "home", [], 1, tmp_path / "runs.jsonl", slips=1.0)
+    with pytest.raises(BadInputError, match="evisrag answers once"):
+        record_extractive_runs(tmp_path / "home", [], 1, tmp_path / "runs.jsonl", protocol="evisrag", slips=0.1)
+    assert not (tmp_path / "home").exists() and not (tmp_path / "runs.jsonl").exists()
+
+
 def test_the_output_folder_is_neither_a_file_nor_the_model(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
