@@ -25,6 +25,7 @@ import re
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from pagelens.errors import BadInputError
@@ -118,16 +119,24 @@ def to_row(run: dict, *, where: str = "the run") -> dict:
 
 def _retry_test(protocol: object):
     """Whether a user message is `protocol`'s "invalid action" message (evisrag answers once and has none)."""
-    if protocol not in ("vrag", "pagelens"):
+    frame = _retry_frame(protocol) if protocol in ("vrag", "pagelens") else None
+    if frame is None:
         return lambda message: False
-    marker = "\x00"
-    prefix, suffix = load_template(f"{protocol}_invalid_action").render(reason=marker).split(marker)
+    prefix, suffix = frame
 
     def is_retry(message: dict) -> bool:
         text = "".join(part.get("text", "") for part in message["content"])
         return text.startswith(prefix) and text.endswith(suffix)
 
     return is_retry
+
+
+@cache  # read and compiled once a protocol, not once a row
+def _retry_frame(protocol: str) -> tuple[str, str]:
+    """The text of `protocol`'s "invalid action" message before and after its reason."""
+    marker = "\x00"
+    prefix, suffix = load_template(f"{protocol}_invalid_action").render(reason=marker).split(marker)
+    return prefix, suffix
 
 
 def export_sharegpt(rows: list[dict], folder: Path, name: str = "pagelens_sft") -> Path:
