@@ -146,7 +146,7 @@ def openai_messages(messages: list[dict], images: list[ShownImage], pages: PageI
     for message in messages:
         content = message["content"]
         if isinstance(content, str):
-            out.append(message)
+            out.append({"role": message["role"], "content": content})
             continue
         parts = []
         pasted = [by_index[p["image"]] for p in content if p.get("type") == "image" and p["image"] in sent]
@@ -160,5 +160,6 @@ def openai_messages(messages: list[dict], images: list[ShownImage], pages: PageI
             elif part["image"] == pasted[0].index:
                 url = composite_data_url(pasted, pages, concatenate_images)
                 parts.append({"type": "image_url", "image_url": {"url": url}})
-        out.append({**message, "content": parts})
+        # Role and content only: the graph's own marks (a retry message's) are not the endpoint's to read.
+        out.append({"role": message["role"], "content": parts})
     return out

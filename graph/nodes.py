@@ -2,7 +2,9 @@
 
 observe asks the policy for the next step; search shows a page; crop shows a region of the most recent image;
 evidence links what the policy wrote about each image to its page and region; answer ends the run. A turn the
-parser or a node finds invalid is answered with the protocol's retry message and counts as a turn (SPEC §1).
+parser or a node finds invalid is answered with the protocol's retry message and counts as a turn (SPEC §1); that
+message is marked `"retry": True`, so trajectories say which turns the environment rejected (SFT keeps them out of
+its loss) without matching text.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ def _user(*parts: dict) -> dict:
 
 def _text(text: str) -> dict:
     return {"type": "text", "text": text}
+
+
+def _retry(protocol: AgentProtocol, reason: str) -> dict:
+    """The protocol's answer to a turn it rejected, marked as such (the policy is sent role and content only)."""
+    return {**_user(_text(protocol.invalid_action.render(reason=reason))), "retry": True}
 
 
 def start(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
@@ -149,7 +156,7 @@ def observe(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
     if answer_now and action["kind"] != "answer":
         action = {"kind": "stop", "status": "no_answer", "reason": f"the final turn gave {action['kind']}, not an answer"}
     elif action["kind"] == "invalid":
-        messages.append(_user(_text(protocol.invalid_action.render(reason=action["reason"]))))
+        messages.append(_retry(protocol, action["reason"]))
     detail = {**action, "think": parsed.think, "answer_now": answer_now,
               "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
               **weighing}
@@ -291,7 +298,7 @@ def crop(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         result = crop_page(context.pages.page(last.page_id), last.page_id, seen_box, seen=last.seen, padding=padding)
     except BadInputError as error:
         reason = str(error).rstrip(".")
-        messages.append(_user(_text(context.protocol.invalid_action.render(reason=reason))))
+        messages.append(_retry(context.protocol, reason))
         return {"messages": messages,
                 "steps": _step(state, "crop", {"box": box, "invalid": reason}, started=started)}
     index = len(images) + 1

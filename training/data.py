@@ -4,9 +4,9 @@ A row is one whole run: `messages` in the chat form the policy was served with, 
 `{"type": "image"}` placeholders, and `images`, the absolute paths of the PNG files those placeholders stand for,
 in order. Every assistant turn of the run is a training target and nothing else is (SPEC §2c: only `assistant`
 messages are trained on); `pagelens.training.sft` masks the rest out of the loss. The exception is a turn the
-environment rejected, one answered by the protocol's "invalid action" message: it stays in the row, so the turn
-after it teaches how to recover, but it is marked `"train": false` and kept out of the loss, since training on it
-would teach the mistake.
+environment rejected, one the graph answered with the protocol's "invalid action" message (marked `"retry": true`
+in the trajectory): it stays in the row, so the turn after it teaches how to recover, but it is marked
+`"train": false` and kept out of the loss, since training on it would teach the mistake.
 
 The trajectory file is read with `pagelens.graph.trajectory.read_trajectories`, which confines image paths to the
 file's folder, checks the images exist, and names the file and line of anything malformed.
@@ -25,12 +25,10 @@ import re
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 from pagelens.errors import BadInputError
 from pagelens.graph.trajectory import read_trajectories
-from pagelens.prompts.loader import load_template
 from pagelens.training.metrics import answer_metrics
 
 # What LLaMA-Factory's sharegpt reader counts as one image, in order, in a turn's text.
@@ -108,35 +106,13 @@ def to_row(run: dict, *, where: str = "the run") -> dict:
             raise BadInputError(f"{where} has an image in an assistant message; only user turns carry images, so "
                                 f"fix that line or record the run again.")
         messages.append({"role": role, "content": parts})
-    is_retry = _retry_test(run.get("protocol"))
-    for message, following in zip(messages, messages[1:]):
-        if message["role"] == "assistant" and following["role"] == "user" and is_retry(following):
+    # One row message per run message, so the graph's retry marks line up with the turns they answer.
+    for message, answered_by_retry in zip(messages, [m.get("retry") is True for m in run["messages"][1:]]):
+        if message["role"] == "assistant" and answered_by_retry:
             message["train"] = False
     if not any(message["role"] == "assistant" and message.get("train", True) for message in messages):
         raise BadInputError(f"{where} has no assistant message to train on; drop it or record the run again.")
     return {"id": str(run.get("id", "")), "messages": messages, "images": images}
-
-
-def _retry_test(protocol: object):
-    """Whether a user message is `protocol`'s "invalid action" message (evisrag answers once and has none)."""
-    frame = _retry_frame(protocol) if protocol in ("vrag", "pagelens") else None
-    if frame is None:
-        return lambda message: False
-    prefix, suffix = frame
-
-    def is_retry(message: dict) -> bool:
-        text = "".join(part.get("text", "") for part in message["content"])
-        return text.startswith(prefix) and text.endswith(suffix)
-
-    return is_retry
-
-
-@cache  # read and compiled once a protocol, not once a row
-def _retry_frame(protocol: str) -> tuple[str, str]:
-    """The text of `protocol`'s "invalid action" message before and after its reason."""
-    marker = "\x00"
-    prefix, suffix = load_template(f"{protocol}_invalid_action").render(reason=marker).split(marker)
-    return prefix, suffix
 
 
 def export_sharegpt(rows: list[dict], folder: Path, name: str = "pagelens_sft") -> Path:

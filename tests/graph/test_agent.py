@@ -99,6 +99,11 @@ def test_turn_limit_forces_one_answer_call_then_ends_with_no_answer(store, polic
     assert len(sent) == 4  # N action turns, then one call told to answer now
     assert "invalid" in texts_in(sent[1]["messages"][-1])
     assert "You have used all 3 turns" in texts_in(sent[3]["messages"][-1])
+    # The run marks the retry message after each rejected turn (training keeps those turns out of its loss); the
+    # endpoint is sent role and content only.
+    users = [m for m in result.messages if m["role"] == "user"]
+    assert [m.get("retry", False) for m in users] == [False, True, True, True, False]
+    assert all(set(m) == {"role", "content"} for r in sent for m in r["messages"])
 
 
 def test_a_box_outside_the_image_is_a_retry_that_counts(store, policy_server):
@@ -111,6 +116,7 @@ def test_a_box_outside_the_image_is_a_retry_that_counts(store, policy_server):
     assert result.status == "insufficient" and result.evidence == ()
     retry = texts_in(requests_of(record)[2]["messages"][-1])
     assert "previous action was invalid" in retry and "lies outside the image" in retry
+    assert [m.get("retry", False) for m in result.messages if m["role"] == "user"] == [False, False, True]
     assert [s.kind for s in result.steps].count("observe") == 3
 
 

@@ -86,7 +86,7 @@ def test_sharegpt_export_for_llama_factory(make_run, write_runs, tmp_path):
     retried = make_run("q2", "7", number=2)
     retry = load_template("pagelens_invalid_action").render(reason="the <search> tag is never closed with </search>")
     retried["messages"][1:1] = [{"role": "assistant", "content": "<search>q2"},
-                                {"role": "user", "content": [{"type": "text", "text": retry}]}]
+                                {"role": "user", "content": [{"type": "text", "text": retry}], "retry": True}]
     path = write_runs([make_run("q1", "4.2", number=1), retried])
     rows = read_rows([path]).rows
     folder = tmp_path / "export"

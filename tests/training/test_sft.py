@@ -74,7 +74,7 @@ def test_a_rejected_turn_stays_in_context_and_out_of_the_loss(tiny_qwen, make_ru
     rejected = "<think>Zoom in.</think><bbox>[10, 90, 300, 20]</bbox>"
     retry = load_template("pagelens_invalid_action").render(reason="the box [10, 90, 300, 20] is inverted")
     run["messages"][3:3] = [{"role": "assistant", "content": rejected},
-                            {"role": "user", "content": [{"type": "text", "text": retry}]}]
+                            {"role": "user", "content": [{"type": "text", "text": retry}], "retry": True}]
     row = read_rows([write_runs([run])]).rows[0]
     assert [m.get("train", True) for m in row["messages"] if m["role"] == "assistant"] == [True, False, True, True]
 
