@@ -19,13 +19,20 @@ questions as a user runs it, and the mean reward of the last quarter of the step
   0.027 → 0.069, 0.028 → 0.057); with n 4 one seed in six did not rise, which is why it samples 8 (about 4 minutes,
   16 steps rather than 24 to keep CI's run under its time limit).
 
+Both runs start together when the first test asks for them: each samples on one thread, so on two cores the pair
+takes about the time of the longer one: 280 s here, against 360 s one after the other (258 s and 92 s).
+
 The seed is fixed, yet another CPU's arithmetic samples other rollouts, so each test rests on its margin.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,15 +48,37 @@ RUNS = {
 }
 
 
+@pytest.fixture(scope="module")
+def started(sample_home, tmp_path_factory):
+    """Both runs, started at once as a user runs them (`pagelens train rsgrpo|grpo`), each on a copy of the indexed
+    sample store: {kind: (process, output folder, log file)}."""
+    runs = {}
+    for kind, (model, steps, options) in RUNS.items():
+        folder = tmp_path_factory.mktemp(kind)
+        home = folder / "home"
+        shutil.copytree(sample_home, home)
+        log = folder / "log.txt"
+        # One thread each: on a shared two-core machine two threads that wait for each other run several times slower.
+        env = {**os.environ, "PAGELENS_HOME": str(home), "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, "-m", "pagelens", "train", kind, "--model", str(model), "--data", str(QUESTIONS),
+                   "--out", str(folder / "out"), "--seed", "0", "--steps", str(steps), "--prompts-per-step", "2",
+                   "--lr", "3e-4", "--max-new-tokens", "320", "--device", "cpu", *options]
+        with open(log, "w") as handle:
+            process = subprocess.Popen(command, cwd=folder, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        runs[kind] = (process, folder / "out", log)
+    yield runs
+    for process, _, _ in runs.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(RUNS))
-def test_rl_raises_the_mean_reward(kind, cli, sample_copy, tmp_path):
-    model, steps, options = RUNS[kind]
-    out = tmp_path / kind
-    # One thread: on a shared two-core machine two threads that wait for each other run several times slower.
-    cli("train", kind, "--model", str(model), "--data", str(QUESTIONS), "--out", str(out), "--seed", "0",
-        "--steps", str(steps), "--prompts-per-step", "2", "--lr", "3e-4", "--max-new-tokens", "320",
-        "--device", "cpu", *options, home=sample_copy, env={"OMP_NUM_THREADS": "1"}, timeout=1200)
+def test_rl_raises_the_mean_reward(kind, started):
+    process, out, log = started[kind]
+    steps = RUNS[kind][1]
+    assert process.wait(timeout=1200) == 0, log.read_text()[-4000:]
     lines = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
     assert [entry["step"] for entry in lines] == list(range(1, steps + 1))
     rewards = [entry["reward_mean"] for entry in lines]
