@@ -49,11 +49,14 @@ RUNS = {
 
 
 @pytest.fixture(scope="module")
-def started(sample_home, tmp_path_factory):
-    """Both runs, started at once as a user runs them (`pagelens train rsgrpo|grpo`), each on a copy of the indexed
-    sample store: {kind: (process, output folder, log file)}."""
+def started(request, sample_home, tmp_path_factory):
+    """The runs this session's tests ask for, started at once as a user runs them (`pagelens train rsgrpo|grpo`),
+    each on a copy of the indexed sample store: {kind: (process, output folder, log file)}."""
+    asked = {item.callspec.params["kind"] for item in request.session.items
+             if item.module is request.module and hasattr(item, "callspec")}
     runs = {}
-    for kind, (model, steps, options) in RUNS.items():
+    for kind in sorted(asked):
+        model, steps, options = RUNS[kind]
         folder = tmp_path_factory.mktemp(kind)
         home = folder / "home"
         shutil.copytree(sample_home, home)
