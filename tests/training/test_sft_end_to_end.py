@@ -23,11 +23,12 @@ seeds 0-5. The good seeds end every held-out question in a valid answer (invalid
 write noise after an "invalid action" turn they never saw in training; `--lr 1e-3` gave seeds 2 and 4 0.54 and 0.60.
 Rows that teach the recovery (`slips`, pagelens.training.recording: 15% of the recorded turns first written
 malformed, then retried after the real retry message, the malformed turn kept out of the loss; the test's default,
-PAGELENS_SFT_SLIPS=0 for the figures above) lifted the worst seeds, 700 runs and 4,000 steps: seeds 0, 2, 4, 5
-0.86 → 0.91, 0.52 → 0.91, 0.54 → 0.81, 0.54 → 0.83 (at this test's 700 steps, seed 0: 0.50); what stays invalid is
-mostly one turn a question, then recovered. 30% slips gave seeds 4 and 5 0.90 and 0.86 at 4,000 steps, but 0.17 at
-this test's 700 steps, so the default stays 15%. 0.9 is still not reached reliably, nor in the minutes a CI run allows. It does close an answer now
-and then when sampling, which is what multi-turn GRPO starts from (test_rl_reward_rise.py).
+PAGELENS_SFT_SLIPS=0 for the figures above) lifted the worst seeds, 700 runs and 4,000 steps: seeds 0, 2, 4, 5 0.86
+→ 0.91, 0.52 → 0.91, 0.54 → 0.81, 0.54 → 0.83 (at this test's 700 steps, seed 0: 0.50); what stays invalid is mostly
+one turn a question, then recovered. 30% slips gave seeds 4 and 5 0.90 and 0.86 at 4,000 steps, but 0.17 at this
+test's 700 steps, so the default stays 15%. 0.9 is still not reached reliably, nor in the minutes a CI run allows.
+It does close an answer now and then when sampling, which is what multi-turn GRPO starts from
+(test_rl_reward_rise.py).
 
 Training data: the first 14 sample questions plus questions cut from the pages' text lines (3 to 9 words), RUNS
 runs in all, so the model sees many different questions rather than memorising a few. The model: `pagelens
