@@ -20,6 +20,7 @@ from pagelens.errors import BadInputError
 from pagelens.graph.build import Agent
 from pagelens.graph.policies import make_policy
 from pagelens.graph.policies.interface import Completion, Policy, PolicyRequest
+from pagelens.graph.protocols import load_protocol
 from pagelens.graph.settings import AgentSettings, PolicySettings
 from pagelens.graph.trajectory import append_trajectory
 from pagelens.tools.corpus.store import PageStore, StoreSettings
@@ -88,13 +89,14 @@ def record_extractive_runs(home: Path, questions: list[str], runs: int, path: Pa
     if not 0 <= slips < 1:
         raise BadInputError(f"slips {slips} is outside [0, 1); give the share of turns to write malformed first, "
                             f"for example 0.15.")
-    if slips and protocol == "evisrag":
-        raise BadInputError("slips need a protocol that retries a rejected turn; evisrag answers once, so record "
-                            "its runs with slips 0 or use the pagelens or vrag protocol.")
+    settings = AgentSettings(protocol=protocol)
+    if slips and load_protocol(settings).invalid_action is None:
+        raise BadInputError(f"slips need a protocol that retries a rejected turn; {protocol} answers once, so record "
+                            f"its runs with slips 0 or use the pagelens or vrag protocol.")
     with PageStore(StoreSettings(home=home)) as store:
         asked = list(questions) + phrase_questions(store, max(0, runs - len(questions)))
         policy = make_policy(PolicySettings())
-        agent = Agent(store, SlippingPolicy(policy, slips) if slips else policy, AgentSettings(protocol=protocol))
+        agent = Agent(store, SlippingPolicy(policy, slips) if slips else policy, settings)
         for question in asked:
             append_trajectory(agent.ask(question), agent.context.pages.page, path)
     return len(asked)
