@@ -9,6 +9,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
+# The PIL processor's copy of Qwen2-VL's rule: the reference, importable without torchvision.
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as qwen_smart_resize
 
 from pagelens.errors import BadInputError
 from pagelens.tools.boxes import Box, Region
@@ -27,25 +29,6 @@ from pagelens.tools.regions import (
 
 PAGE_ID = "0123456789ab-p1"
 LETTER_144 = (1224, 1584)
-
-
-def qwen_smart_resize(height, width, factor=28, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS):
-    """Hand copy of transformers' Qwen2-VL `smart_resize` (image_processing_qwen2_vl.py): (height, width) order."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(
-            f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}"
-        )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
 def close(a: Box, b: Box, tolerance: float) -> bool:
@@ -93,7 +76,7 @@ def boxes_in(draw, width: float, height: float, max_ratio: float = 20) -> Box:
 @given(sizes())
 def test_smart_resize_matches_qwen_reference(size):
     width, height = size
-    reference_height, reference_width = qwen_smart_resize(height, width)
+    reference_height, reference_width = qwen_smart_resize(height, width, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     assert smart_resize(width, height) == (reference_width, reference_height)
 
 
