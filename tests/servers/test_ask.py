@@ -106,9 +106,11 @@ def test_a_silent_endpoint_ends_the_run_at_its_deadline(cli, sample_copy, model)
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout.startswith("No answer: the run passed its 10 s limit") and "Traceback" not in proc.stderr
     # One request, cut at the deadline; no retry, nothing after. (Start-up, mostly imports, comes before the run:
-    # 3 s on an idle machine, up to 6 s on a busy one.)
+    # 3 s on an idle machine, up to 6 s on a busy one. After the deadline the process closes the store and exits:
+    # under 1 s idle, up to 1.8 s measured on a busy machine. A request left to its own 120 s timeout, or retried,
+    # goes far past the bound.)
     assert len(silent.arrivals) == 1
-    assert ended - silent.arrivals[0] < 11.5, f"the run went on {ended - silent.arrivals[0]:.1f} s after its request"
+    assert ended - silent.arrivals[0] < 12.5, f"the run went on {ended - silent.arrivals[0]:.1f} s after its request"
     assert ended - started < 20, f"ask --timeout 10 took {ended - started:.1f} s"
 
 
