@@ -9,10 +9,11 @@ above them.
 A region scores the summed weight of the question's terms it holds. A term's weight is its BM25 inverse document
 frequency over the whole store (`PolicyRequest.term_rarity`, looked up on the words as written and on their stem,
 taking the larger), or over the page's lines where the store has no figure for it; doubled for numbers. The
-question's rarest term on the page counts once more in a region that holds it. A term found in the document's name
-or the page's running header or footer counts for every region of the page that lacks it, so that of two pages
-alike the one whose document the question names wins. A region keyed by a label every word of which was asked for
-(a row name, an axis tick) is a lookup and ranks above any other; ties go to the smaller region.
+question's rarest term on the page (any of them, when several are equally rare) counts once more in a region that
+holds it. A term found in the document's name or the page's running header or footer counts for every region of the
+page that lacks it, so that of two pages alike the one whose document the question names wins. A region keyed by a
+label every word of which was asked for (a row name, an axis tick) is a lookup and ranks above any other; ties go
+to the smaller region.
 
 It answers "insufficient to answer" when no page it was shown supports an answer: when retrieval's calibrated
 relevance (`ShownImage.supported`, tools/retrieval/relevance.py) rules out every page, or no region of a page
@@ -45,7 +46,8 @@ _STOPWORDS = STOP_WORDS | frozenset("much many show shows shown report reported"
 _NUMBER = re.compile(r"^\d+([.,]\d+)?$")
 NUMBER_WEIGHT = 2.0
 _PAGE_NUMBER = re.compile(r"\bpage\s+\d+|\b\d+\s+of\s+\d+\b", re.IGNORECASE)
-# The question's rarest term on the page counts this much more in a region that holds it.
+# The question's rarest term on the page counts this much more in a region that holds it (once, whichever of several
+# equally rare terms it holds).
 RAREST_BONUS = 1.0
 # A question term in the document's name or the page's running header or footer counts this much for every region
 # of the page that does not hold it itself.
@@ -104,7 +106,9 @@ def best_region(lines: list[TextLine], question: str, rarity: Rarity | None = No
         overall = max(store.get(word, 0.0) for word in words | {term})
         idf[term] = overall if overall > 0 else math.log(1 + len(lines) / (1 + document_frequency[term]))
     weight = {term: idf[term] * (NUMBER_WEIGHT if _NUMBER.match(term) else 1.0) for term in wanted}
-    rarest = max(wanted & set(document_frequency), key=lambda t: (idf[t], t), default=None)
+    on_page = wanted & set(document_frequency)
+    # Equally rare terms are each the rarest: which one is decisive cannot be told from their rarity.
+    rarest = {t for t in on_page if idf[t] == max(idf[u] for u in on_page)}
     edges = _edges(lines)
     named = _terms(name_words(document)) if document else set()
     context = wanted & _context(lines, named, edges)
@@ -116,7 +120,7 @@ def best_region(lines: list[TextLine], question: str, rarity: Rarity | None = No
         if not held or (_in_edges(region.box, edges) and (region.terms & named or _PAGE_NUMBER.search(region.answer))):
             continue
         score = (sum(weight[t] for t in held) + CONTEXT_WEIGHT * sum(weight[t] for t in context - held)
-                 + (RAREST_BONUS * weight[rarest] if rarest in held else 0.0))
+                 + RAREST_BONUS * max((weight[t] for t in rarest & held), default=0.0))
         # A region keyed by a label every word of which was asked for (a row name, an axis tick) is a lookup:
         # the question names the row or the bar, so the value beside it beats prose that merely shares words.
         key = _terms(region.anchors[0]) if region.anchors else set()

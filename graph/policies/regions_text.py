@@ -3,11 +3,12 @@
 - sentences: lines grouped into paragraphs by their vertical gaps, split at a sentence end ("." "!" "?" before a
   space) but not inside a number ("4.2", "v2.3.1", "3.5%"), after an abbreviation ("e.g.", "Dr.", "No. 5") or an
   initial, nor before a lower-case word;
-- table rows (lines side by side in one band), and cells: a row's label (its leading lines that are not values)
-  with the cell under a column header the question names. Headers come from the nearest header row above (a row
-  without values other than years) that names an asked-for column, looking no higher than the first header row
-  as wide as the row; the cell is the one under the header's segment and nearer it than any other header, never
-  in the label's own column, and none where the row leaves that column empty;
+- table rows (lines side by side in one band, within one column of a two-column page), and cells: a row's label
+  (its leading lines that are not values) with the cell under a column header the question names. Headers come
+  from the nearest header row above (a row without values other than years) that names an asked-for column,
+  looking no higher than the first header row as wide as the row; the cell is the one under the header's segment
+  and nearer it than any other header, never in the label's own column, and none where the row leaves that column
+  empty;
 - a label with one value beside it in its band (a horizontal bar's value at its right end, a form's "Total due");
 - a tick label (a short line with others of its kind in its band) with the value straight above it (below it for
   a negative bar): a number other than a year, nearer this tick than any other of its band, with no text between
@@ -278,6 +279,10 @@ def _definitions(lines: list[TextLine], bands: list[list[TextLine]], terms: Term
 def regions(lines: list[TextLine], wanted: set[str], terms: Terms) -> list[Candidate]:
     """Every candidate region of a page's lines (see the module docstring); `wanted` are the question's terms,
     which pick the columns a cell is read under."""
-    bands = rows(lines)
+    # Bands are read within a reading section: two lines of running text side by side across a page's gutter are
+    # not a table row.
+    tables = [rows(section) for section in reading_sections(lines)]
+    bands = [band for table in tables for band in table]
     out = [Candidate(union(covered), text, frozenset(terms(text)), len(covered)) for text, covered in sentences(lines)]
-    return out + _cells(bands, wanted, terms) + _ticks(lines, bands, terms) + _definitions(lines, bands, terms)
+    cells = [cell for table in tables for cell in _cells(table, wanted, terms)]
+    return out + cells + _ticks(lines, bands, terms) + _definitions(lines, bands, terms)

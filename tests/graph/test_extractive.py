@@ -128,6 +128,19 @@ def test_a_rare_decisive_word_beats_common_shared_words():
     assert region.answer == "Maria Chen was appointed in March."
 
 
+def test_equally_rare_terms_each_earn_the_rarest_bonus():
+    lines = prose("Operations bulletin, autumn issue.",
+                  "Giles Farrant retires after 31 years, the last nine as head of network operations.",
+                  "Dr Ines Valdark has been appointed to lead the Coldharbour plant.",
+                  "Comments go to the communications team.")
+    # "appointed" and "head" are equally rare: neither alone is the decisive word, so the sentence holding one of
+    # them and "Coldharbour" beats the one holding only the other.
+    rarity = {"appointed": 3.1, "head": 3.1, "coldharbour": 2.6}.get
+    region, _ = best_region(lines, "Who has been appointed to head the Coldharbour facility?",
+                            lambda words: {w: rarity(w, 0.0) for w in words})
+    assert region.answer == "Dr Ines Valdark has been appointed to lead the Coldharbour plant."
+
+
 def test_rarity_is_looked_up_on_the_words_as_written_and_falls_back_to_the_page():
     lines = prose("Divers counted shoots in small quadrats.", "Divers rested between dives on the boat.")
     asked = []
@@ -252,6 +265,10 @@ def test_two_columns_are_read_one_after_the_other():
         lines += [line(a, 50, y, 330, y + 12), line(b, 370, y, 650, y + 12)]
     region, _ = best_region(lines, "Who was appointed to lead the plant?")
     assert region.answer == "Dr Ines Valdark was appointed to lead the plant as its first site director."
+    # Two lines of text side by side across the gutter are not a table row: no region holds both columns, so the
+    # terms of one question spread over both ("March meeting" left, "director" right) are not read as one answer.
+    region, _ = best_region(lines, "Which director was named after the March meeting?")
+    assert region.box.x2 <= 330 or region.box.x1 >= 370, region
 
 
 @pytest.mark.slow

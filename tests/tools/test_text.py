@@ -200,3 +200,13 @@ def test_tables_still_read_row_by_row() -> None:
     lines = [TextLine(cell, Box(40 + 160 * j, 30 * i, 40 + 160 * j + (90 if j == 0 else 40), 30 * i + 20))
              for i, row in enumerate(cells) for j, cell in enumerate(row)]
     assert page_text(lines).splitlines() == [" ".join(row) for row in cells]
+
+
+def test_a_table_with_narrow_columns_is_not_taken_for_two_columns_of_text() -> None:
+    # A label column and a last column that each fill their own narrow side of a clear middle: no line is
+    # column-wide, so this is not running text in two columns, and each row reads across.
+    cells = [["Plant", "Output", "Staff"], ["Avon", "12", "40"], ["Site", "Staff", "Output"], ["Avon", "7", "30"]]
+    widths = [(50, 60, 40), (40, 20, 20), (50, 40, 60), (40, 20, 20)]
+    lines = [TextLine(cell, Box(10 + 95 * j, 20 * i, 10 + 95 * j + widths[i][j], 20 * i + 10))
+             for i, row in enumerate(cells) for j, cell in enumerate(row)]
+    assert page_text(lines).splitlines() == [" ".join(row) for row in cells]

@@ -208,7 +208,8 @@ def reading_sections(lines: list[TextLine]) -> list[list[TextLine]]:
 
     The gutter is the widest vertical strip in the middle half of the page that at most one in ten column-wide
     lines (a quarter to 60% of the text's width) crosses. A table also has such strips, so the split needs full
-    columns: lines on each side must fill most of their side, as running text does and table cells do not.
+    columns: column-wide lines on each side, filling most of their side, as running text does and table cells do
+    not.
     """
     if len(lines) < 6:
         return [lines]
@@ -243,7 +244,8 @@ def reading_sections(lines: list[TextLine]) -> list[list[TextLine]]:
 
     def fills(side: list[TextLine], span: float) -> bool:
         widths = sorted(line.box.width for line in side)
-        return len(side) >= 3 and widths[len(widths) // 2] >= 0.6 * span
+        column_wide = sum(0.25 * width <= w < 0.6 * width for w in widths)
+        return column_wide >= 3 and widths[len(widths) // 2] >= 0.6 * span
 
     if not (fills(lefts, gutter[0] - left) and fills(rights, right - gutter[1])):
         return [lines]
