@@ -108,7 +108,8 @@ def best_region(lines: list[TextLine], question: str, rarity: Rarity | None = No
     weight = {term: idf[term] * (NUMBER_WEIGHT if _NUMBER.match(term) else 1.0) for term in wanted}
     on_page = wanted & set(document_frequency)
     # Equally rare terms are each the rarest: which one is decisive cannot be told from their rarity.
-    rarest = {t for t in on_page if idf[t] == max(idf[u] for u in on_page)}
+    top_idf = max((idf[t] for t in on_page), default=None)
+    rarest = {t for t in on_page if idf[t] == top_idf}
     edges = _edges(lines)
     named = _terms(name_words(document)) if document else set()
     context = wanted & _context(lines, named, edges)

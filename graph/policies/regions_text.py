@@ -100,11 +100,12 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def sentences(lines: list[TextLine]) -> list[tuple[str, list[TextLine]]]:
+def sentences(lines: list[TextLine], sections: list[list[TextLine]]) -> list[tuple[str, list[TextLine]]]:
     """Sentences with the lines they span; a paragraph ends where the gap to the next line exceeds 3/4 of a line.
-    A page in two columns is read column by column (`reading_sections`), so no sentence runs across the gutter."""
+    A page in two columns is read column by column (`sections`, the lines' `reading_sections`), so no sentence runs
+    across the gutter."""
     position = {id(line): i for i, line in enumerate(lines)}
-    ordered = [line for section in reading_sections(lines) for line in sorted(section, key=lambda l: position[id(l)])]
+    ordered = [line for section in sections for line in sorted(section, key=lambda l: position[id(l)])]
     paragraphs: list[list[TextLine]] = []
     for line in ordered:
         last = paragraphs[-1][-1] if paragraphs else None
@@ -245,10 +246,10 @@ def _ticks(lines: list[TextLine], bands: list[list[TextLine]], terms: Terms) -> 
     return out
 
 
-def _definitions(lines: list[TextLine], bands: list[list[TextLine]], terms: Terms) -> list[Candidate]:
+def _definitions(sections: list[list[TextLine]], bands: list[list[TextLine]], terms: Terms) -> list[Candidate]:
     """Each short line with the block indented under it or beside it: a manual's option and what it does, a
     glossary's word and its meaning; answered as the term with the first sentence of its description."""
-    ordered = [line for section in reading_sections(lines) for line in sorted(section, key=lambda l: (l.box.y1, l.box.x1))]
+    ordered = [line for section in sections for line in sorted(section, key=lambda l: (l.box.y1, l.box.x1))]
     # A band of three or more lines is a table row: its cells are read as cells, not as a term and its meaning.
     in_table = {id(line) for band in bands if len(band) > 2 for line in band}
     out = []
@@ -281,8 +282,10 @@ def regions(lines: list[TextLine], wanted: set[str], terms: Terms) -> list[Candi
     which pick the columns a cell is read under."""
     # Bands are read within a reading section: two lines of running text side by side across a page's gutter are
     # not a table row.
-    tables = [rows(section) for section in reading_sections(lines)]
+    sections = reading_sections(lines)
+    tables = [rows(section) for section in sections]
     bands = [band for table in tables for band in table]
-    out = [Candidate(union(covered), text, frozenset(terms(text)), len(covered)) for text, covered in sentences(lines)]
+    out = [Candidate(union(covered), text, frozenset(terms(text)), len(covered))
+           for text, covered in sentences(lines, sections)]
     cells = [cell for table in tables for cell in _cells(table, wanted, terms)]
-    return out + cells + _ticks(lines, bands, terms) + _definitions(lines, bands, terms)
+    return out + cells + _ticks(lines, bands, terms) + _definitions(sections, bands, terms)

@@ -218,7 +218,10 @@ def reading_sections(lines: list[TextLine]) -> list[list[TextLine]]:
     width = right - left
     # Column-like lines only: short ones (centred titles, a column's last line) may cross the gutter; so may one
     # column-wide line in ten (a centred running footer, a caption).
-    narrow = [(line.box.x1, line.box.x2) for line in lines if 0.25 * width <= line.box.width < 0.6 * width]
+    def column_wide(line: TextLine) -> bool:
+        return 0.25 * width <= line.box.width < 0.6 * width
+
+    narrow = [(line.box.x1, line.box.x2) for line in lines if column_wide(line)]
     allowed = len(narrow) // 10
     step = width / GUTTER_BINS
     crossing = [sum(x1 < left + (i + 0.5) * step < x2 for x1, x2 in narrow) for i in range(GUTTER_BINS)]
@@ -244,8 +247,7 @@ def reading_sections(lines: list[TextLine]) -> list[list[TextLine]]:
 
     def fills(side: list[TextLine], span: float) -> bool:
         widths = sorted(line.box.width for line in side)
-        column_wide = sum(0.25 * width <= w < 0.6 * width for w in widths)
-        return column_wide >= 3 and widths[len(widths) // 2] >= 0.6 * span
+        return sum(map(column_wide, side)) >= 3 and widths[len(widths) // 2] >= 0.6 * span
 
     if not (fills(lefts, gutter[0] - left) and fills(rights, right - gutter[1])):
         return [lines]
