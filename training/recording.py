@@ -18,7 +18,9 @@ from pathlib import Path
 
 from pagelens.errors import BadInputError
 from pagelens.graph.build import Agent
+from pagelens.graph.parse import Crop
 from pagelens.graph.policies import make_policy
+from pagelens.graph.policies.extractive import box_words
 from pagelens.graph.policies.interface import Completion, Policy, PolicyRequest
 from pagelens.graph.protocols import load_protocol
 from pagelens.graph.settings import AgentSettings, PolicySettings
@@ -58,26 +60,26 @@ class SlippingPolicy:
         completion = self.inner.complete(request)
         if request.answer_now or self._rng.random() >= self.rate:
             return completion
-        slipped = slip(completion.text, self._rng)
+        slipped = slip(completion, self._rng)
         if slipped is None:
             return completion
         self._owed = (where, completion)
         return Completion(slipped)  # no parsed turn: the graph parses the text and rejects it
 
 
-def slip(text: str, rng: random.Random) -> str | None:
-    """`text`, a turn in the protocol's words, written malformed in one of the ways a small model errs; None when
+def slip(completion: Completion, rng: random.Random) -> str | None:
+    """The extractive policy's turn `completion` written malformed in one of the ways a small model errs; None when
     none applies."""
-    options = []
+    text, options = completion.text, []
     if "<think>" in text:
         options.append(text[: text.index("<think>") + len("<think>")])
     closed = re.search(r"</(search|bbox|answer)>\s*$", text)
     if closed:
         options.append(text[: closed.start()])
-    box = re.search(r"<bbox>\[([^,\]]+), ([^,\]]+), ([^,\]]+), ([^,\]]+)\]</bbox>", text)
-    if box and box[2] != box[4]:
-        upside_down = f"<bbox>[{box[1]}, {box[4]}, {box[3]}, {box[2]}]</bbox>"
-        options.append(text[: box.start()] + upside_down + text[box.end() :])
+    action = completion.parsed.action if completion.parsed else None
+    if isinstance(action, Crop) and round(action.box[1]) != round(action.box[3]):
+        x1, y1, x2, y2 = action.box
+        options.append(text[: text.index("<bbox>")] + box_words((x1, y2, x2, y1)))  # the box ends the turn
     return rng.choice(options) if options else None
 
 

@@ -227,12 +227,17 @@ def _quote(text: str) -> str:
 _OBSERVE = "I read the text of each page and look for the lines that best match the question."
 
 
+def box_words(box: tuple[float, float, float, float]) -> str:
+    """A box in the protocol's words, as this policy writes it: whole pixels."""
+    return "<bbox>[" + ", ".join(str(round(value)) for value in box) + "]</bbox>"
+
+
 def _turn(protocol: str, action: Search | Crop | Answer, think: str | None = None) -> Completion:
     """The turn as data and in the protocol's words (SPEC §1, §2, §2b); the words parse back to the same turn."""
     if isinstance(action, Search):
         words = f"<search>{action.query}</search>"
     elif isinstance(action, Crop):
-        words = "<bbox>[" + ", ".join(str(round(value)) for value in action.box) + "]</bbox>"
+        words = box_words(action.box)
     else:
         lines = "\n".join(f"[{line.index}]: {line.text}" for line in action.evidence)
         if protocol == "evisrag":
