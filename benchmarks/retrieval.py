@@ -3,7 +3,9 @@
 For each corpus: index it into a store on the embedded defaults (Milvus Lite, MiniLM, the default retrieval
 settings; cached per corpus and settings under --cache), then for every answerable question rank pages with each
 route alone (dense and BM25 over passages, BM25 and dense over whole pages), with the default fusion, and with
-plain BM25 (`bm25s`, English stop words, one entry per page's whole text, nothing else). Printed: recall@1,
+plain BM25 (`bm25s`, English stop words, one entry per page's whole text, nothing else); and fused within the
+gold page's document alone ("fused in doc", the question's document given: what is left is choosing the page
+within it; questions with gold pages in several documents are ranked over all). Printed: recall@1,
 recall@5 and MRR@10 of each, the seconds each took to index, and the median latency of one fused search. With
 `--lexical server` (Milvus's BM25 function; searches go to Milvus Lite, not the memory index), also Milvus's own
 fusion in one `hybrid_search` call ("milvus rrf") and its median latency.
@@ -20,6 +22,7 @@ reported, not tuned on.
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -96,7 +99,8 @@ def measure(name: str, cache: Path, retrieval: RetrievalSettings) -> dict:
         # Milvus fuses in one call only equally weighted routes it searches itself (Retriever.fused_in_milvus).
         milvus_fusion = retrieval.lexical == "server" and not retrieval.vision
         fusions = ("fused", "milvus rrf") if milvus_fusion else ("fused",)
-        ranked: dict[str, list[list[str]]] = {route: [] for route in (*routes, *fusions, "bm25s (page)")}
+        ranked: dict[str, list[list[str]]] = {route: [] for route in (*routes, *fusions, "fused in doc",
+                                                                      "bm25s (page)")}
         latency: dict[str, list[float]] = {fusion: [] for fusion in fusions}
         for question in questions:
             rankings = retriever.route_rankings(question.question, routes=routes)
@@ -110,6 +114,10 @@ def measure(name: str, cache: Path, retrieval: RetrievalSettings) -> dict:
                 ranked["milvus rrf"].append([page_id for page_id, _ in retriever.fused_in_milvus(question.question,
                                                                                                   k=DEPTH)])
                 latency["milvus rrf"].append(time.perf_counter() - started)
+            documents = {document for document, _ in question.pages}
+            within = glob.escape(documents.pop()) if len(documents) == 1 else None
+            ranked["fused in doc"].append([hit.page.page_id for hit in retriever.search(question.question, k=DEPTH,
+                                                                                         document=within)])
             docs, _ = baseline.retrieve(bm25s.tokenize([question.question], stopwords="en", show_progress=False),
                                         k=min(DEPTH, len(baseline_ids)), show_progress=False)
             ranked["bm25s (page)"].append([baseline_ids[i] for i in docs[0]])
