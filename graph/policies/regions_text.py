@@ -260,10 +260,11 @@ def _definitions(sections: list[list[TextLine]], bands: list[list[TextLine]], te
         for line in ordered[i + 1 : i + 1 + DEFINITION_LINES]:
             previous = body[-1] if body else term
             # Below (or beside) the line before, indented by about a character or more, all at one indent (a nested
-            # list is not this term's), and no blank line between.
+            # list is not this term's), and no blank line between (measured by the taller line: a short term such as
+            # "-f" has a box only as tall as its glyphs).
             if (line.box.x1 < term.box.x1 + 0.8 * term.box.height or line.box.y1 < previous.box.y1
                     or (body and abs(line.box.x1 - body[0].box.x1) > 0.8 * term.box.height)
-                    or line.box.y1 - previous.box.y2 > 0.75 * max(previous.box.height, 1)):
+                    or line.box.y1 - previous.box.y2 > 0.75 * max(previous.box.height, line.box.height, 1)):
                 break
             body.append(line)
         if not body:

@@ -253,6 +253,18 @@ def test_a_manual_option_is_read_with_the_description_indented_under_it():
     assert region.box == Box(90, 176, 640, 216)
 
 
+def test_a_short_option_is_read_with_its_description_though_its_box_is_only_as_tall_as_its_glyphs():
+    # strace(1) as rendered: "-f" and "--follow-forks" boxes 11 px tall, the description's 15 px; the 11 px gap under
+    # the term is less than a line, not a blank line.
+    lines = [line("-f", 241, 1083, 259, 1094),
+             line("--follow-forks", 241, 1106, 389, 1117),
+             line("Trace child processes as they are created by currently traced", 369, 1128, 1027, 1143),
+             line("processes as a result of the fork(2), vfork(2) and clone(2)", 369, 1152, 1024, 1166),
+             line("system calls.", 370, 1174, 480, 1189)]
+    region, _ = best_region(lines, "How can strace also trace the child processes a program forks?")
+    assert region.answer.startswith("--follow-forks: Trace child processes as they are created")
+
+
 def test_two_columns_are_read_one_after_the_other():
     # Lines of a two-column page, stored row by row as a text layer may give them.
     left = ["The board approved the new treatment", "plant at its March meeting after a long", "public consultation.",
