@@ -11,9 +11,9 @@ frequency over the whole store (`PolicyRequest.term_rarity`, looked up on the wo
 taking the larger), or over the page's lines where the store has no figure for it; doubled for numbers. The
 question's rarest term on the page (any of them, when several are equally rare) counts once more in a region that
 holds it. A term found in the document's name or the page's running header or footer counts for every region of the
-page that lacks it, so that of two pages alike the one whose document the question names wins. A region keyed by a
-label every word of which was asked for (a row name, an axis tick) is a lookup and ranks above any other; ties go
-to the smaller region.
+page that lacks it, so that of two pages alike the one whose document the question names wins; counting for every
+region alike, it is never the rarest term. A region keyed by a label every word of which was asked for (a row name,
+an axis tick) is a lookup and ranks above any other; ties go to the smaller region.
 
 It answers "insufficient to answer" when no page it was shown supports an answer: when retrieval's calibrated
 relevance (`ShownImage.supported`, tools/retrieval/relevance.py) rules out every page, or no region of a page
@@ -106,13 +106,14 @@ def best_region(lines: list[TextLine], question: str, rarity: Rarity | None = No
         overall = max(store.get(word, 0.0) for word in words | {term})
         idf[term] = overall if overall > 0 else math.log(1 + len(lines) / (1 + document_frequency[term]))
     weight = {term: idf[term] * (NUMBER_WEIGHT if _NUMBER.match(term) else 1.0) for term in wanted}
-    on_page = wanted & set(document_frequency)
-    # Equally rare terms are each the rarest: which one is decisive cannot be told from their rarity.
-    top_idf = max((idf[t] for t in on_page), default=None)
-    rarest = {t for t in on_page if idf[t] == top_idf}
     edges = _edges(lines)
     named = _terms(name_words(document)) if document else set()
     context = wanted & _context(lines, named, edges)
+    # A context term counts for every region alike, so it cannot be the decisive one. Equally rare terms are each
+    # the rarest: which one is decisive cannot be told from their rarity.
+    on_page = (wanted & set(document_frequency)) - context
+    top_idf = max((idf[t] for t in on_page), default=None)
+    rarest = {t for t in on_page if idf[t] == top_idf}
     best: tuple[tuple[bool, float, int], Candidate] | None = None
     for region in regions(lines, wanted, _terms):
         held = wanted & region.terms

@@ -246,35 +246,38 @@ def _ticks(lines: list[TextLine], bands: list[list[TextLine]], terms: Terms) -> 
     return out
 
 
-def _definitions(sections: list[list[TextLine]], bands: list[list[TextLine]], terms: Terms) -> list[Candidate]:
+def _definitions(tables: list[list[list[TextLine]]], terms: Terms) -> list[Candidate]:
     """Each short line with the block indented under it or beside it: a manual's option and what it does, a
-    glossary's word and its meaning; answered as the term with the first sentence of its description."""
-    ordered = [line for section in sections for line in sorted(section, key=lambda l: (l.box.y1, l.box.x1))]
+    glossary's word and its meaning; answered as the term with the first sentence of its description. `tables` are
+    the reading sections' bands."""
     # A band of three or more lines is a table row: its cells are read as cells, not as a term and its meaning.
-    in_table = {id(line) for band in bands if len(band) > 2 for line in band}
+    in_table = {id(line) for table in tables for band in table if len(band) > 2 for line in band}
     out = []
-    for i, term in enumerate(ordered):
-        if len(term.text) > DEFINITION_TERM_CHARS or id(term) in in_table:
-            continue
-        body: list[TextLine] = []
-        for line in ordered[i + 1 : i + 1 + DEFINITION_LINES]:
-            previous = body[-1] if body else term
-            # Below (or beside) the line before, indented by about a character or more, all at one indent (a nested
-            # list is not this term's), and no blank line between (measured by the taller line: a short term such as
-            # "-f" has a box only as tall as its glyphs).
-            if (line.box.x1 < term.box.x1 + 0.8 * term.box.height or line.box.y1 < previous.box.y1
-                    or (body and abs(line.box.x1 - body[0].box.x1) > 0.8 * term.box.height)
-                    or line.box.y1 - previous.box.y2 > 0.75 * max(previous.box.height, line.box.height, 1)):
-                break
-            body.append(line)
-        if not body:
-            continue
-        description = " ".join(line.text for line in body)
-        first, last = split_sentences(description)[0]
-        # Size 0: of equal scores, the definition beats its own description's sentences, since what a question
-        # about it wants is usually the term (the option's name).
-        out.append(Candidate(union([term, *body]), f"{term.text}: {description[first:last].strip()}",
-                             frozenset(terms(f"{term.text} {description}")), 0))
+    for table in tables:
+        # Band by band, each left to right: a description beside its term may sit a pixel higher than the term.
+        ordered = [line for band in table for line in band]
+        for i, term in enumerate(ordered):
+            if len(term.text) > DEFINITION_TERM_CHARS or id(term) in in_table:
+                continue
+            body: list[TextLine] = []
+            for line in ordered[i + 1 : i + 1 + DEFINITION_LINES]:
+                previous = body[-1] if body else term
+                # Below (or beside) the line before, indented by about a character or more, all at one indent (a
+                # nested list is not this term's), and no blank line between (measured by the taller line: a short
+                # term such as "-f" has a box only as tall as its glyphs).
+                if (line.box.x1 < term.box.x1 + 0.8 * term.box.height
+                        or (body and abs(line.box.x1 - body[0].box.x1) > 0.8 * term.box.height)
+                        or line.box.y1 - previous.box.y2 > 0.75 * max(previous.box.height, line.box.height, 1)):
+                    break
+                body.append(line)
+            if not body:
+                continue
+            description = " ".join(line.text for line in body)
+            first, last = split_sentences(description)[0]
+            # Size 0: of equal scores, the definition beats its own description's sentences, since what a question
+            # about it wants is usually the term (the option's name).
+            out.append(Candidate(union([term, *body]), f"{term.text}: {description[first:last].strip()}",
+                                 frozenset(terms(f"{term.text} {description}")), 0))
     return out
 
 
@@ -289,4 +292,4 @@ def regions(lines: list[TextLine], wanted: set[str], terms: Terms) -> list[Candi
     out = [Candidate(union(covered), text, frozenset(terms(text)), len(covered))
            for text, covered in sentences(lines, sections)]
     cells = [cell for table in tables for cell in _cells(table, wanted, terms)]
-    return out + cells + _ticks(lines, bands, terms) + _definitions(sections, bands, terms)
+    return out + cells + _ticks(lines, bands, terms) + _definitions(tables, terms)

@@ -116,8 +116,9 @@ def prose(*texts):
 
 
 def test_a_rare_decisive_word_beats_common_shared_words():
-    lines = prose("The board approved the new bottling plant, which will lead regional output.",
-                  "Maria Chen was appointed in March.")
+    # Between a running header and footer: their terms are the page's context, never the decisive word.
+    lines = prose("Harbour Gazette, spring issue", "The board approved the new bottling plant, which will lead "
+                  "regional output.", "Maria Chen was appointed in March.", "Printed on recycled paper")
     question = "Who was appointed to lead the plant?"
     # Over the page alone every term is as rare as another: the sentence sharing two of them wins.
     assert best_region(lines, question)[0].answer.startswith("The board approved")
@@ -263,6 +264,25 @@ def test_a_short_option_is_read_with_its_description_though_its_box_is_only_as_t
              line("system calls.", 370, 1174, 480, 1189)]
     region, _ = best_region(lines, "How can strace also trace the child processes a program forks?")
     assert region.answer.startswith("--follow-forks: Trace child processes as they are created")
+
+
+def test_a_value_listed_beside_its_meaning_wins_over_a_line_that_merely_holds_the_documents_name():
+    # timeout(1) as rendered: each exit status beside its meaning, the meaning's box a pixel higher than the number's.
+    lines = [line("TIMEOUT(1) User Commands TIMEOUT(1)", 164, 70, 1026, 84),
+             line("timeout - run a command with a time limit", 240, 139, 681, 151),
+             line("EXIT status:", 197, 1383, 321, 1393),
+             line("124", 241, 1405, 270, 1416),
+             line("if COMMAND times out, and --preserve-status is not specified", 316, 1404, 962, 1419),
+             line("125", 241, 1451, 270, 1462),
+             line("if the timeout command itself fails", 316, 1450, 691, 1462),
+             line("GNU coreutils 9.1 September 2022 Page 1 of 2", 164, 1592, 1026, 1607)]
+    # The store's idf of the question's words (the manuals corpus): "timeout", the document's name, is the rarest
+    # on the page, but it counts for every region alike and decides nothing.
+    idf = {"code": 3.68, "command": 1.66, "exit": 3.12, "out": 3.38, "ran": 7.22, "return": 3.76, "time": 2.66,
+           "timeout": 4.87}
+    region, _ = best_region(lines, "What exit code does timeout return when the command ran out of time?",
+                            lambda words: {w: idf[w] for w in words if w in idf}, "timeout.1.pdf")
+    assert region.answer == "124: if COMMAND times out, and --preserve-status is not specified"
 
 
 def test_two_columns_are_read_one_after_the_other():
