@@ -276,7 +276,8 @@ def _definitions(tables: list[list[list[TextLine]]], terms: Terms) -> list[Candi
             first, last = split_sentences(description)[0]
             # Size 0: of equal scores, the definition beats its own description's sentences, since what a question
             # about it wants is usually the term (the option's name).
-            out.append(Candidate(union([term, *body]), f"{term.text}: {description[first:last].strip()}",
+            label = term.text.strip().removesuffix(":")  # a term with its own colon ("EXIT STATUS:") takes no other
+            out.append(Candidate(union([term, *body]), f"{label}: {description[first:last].strip()}",
                                  frozenset(terms(f"{term.text} {description}")), 0))
     return out
 

@@ -285,6 +285,12 @@ def test_a_value_listed_beside_its_meaning_wins_over_a_line_that_merely_holds_th
     assert region.answer == "124: if COMMAND times out, and --preserve-status is not specified"
 
 
+def test_a_term_with_its_own_colon_takes_no_second_one():
+    lines = [line("EXIT STATUS:", 50, 100, 170, 112), line("Zero if the command succeeded.", 90, 114, 330, 126)]
+    region, _ = best_region(lines, "What is the exit status?")
+    assert region.answer == "EXIT STATUS: Zero if the command succeeded."
+
+
 def test_two_columns_are_read_one_after_the_other():
     # Lines of a two-column page, stored row by row as a text layer may give them.
     left = ["The board approved the new treatment", "plant at its March meeting after a long", "public consultation.",
